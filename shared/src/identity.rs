@@ -65,7 +65,17 @@ impl Fingerprint {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+    /// The openraft node id of the key: its first eight bytes, big-endian. Deriving it from
+    /// the key lets every receiver check that a request's node id belongs to the caller.
+    pub fn node_id(&self) -> NodeId {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(b)
+    }
 }
+
+/// A member's id in Raft and in the chain; see [`Fingerprint::node_id`].
+pub type NodeId = u64;
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

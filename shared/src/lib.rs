@@ -12,9 +12,13 @@
 //! - [`config`]: `config.yml`, its defaults and its validation.
 
 pub mod cert;
+pub mod chain;
 pub mod codec;
+pub mod config;
 pub mod envelope;
 pub mod identity;
+pub mod quic;
+pub mod wire;
 
 /// Milliseconds since the Unix epoch, the unit every timestamp of ours uses.
 pub fn now_ms() -> u64 {

@@ -1,0 +1,1 @@
+//! QUIC and TLS configuration binding each endpoint to its key-manager certificate.
