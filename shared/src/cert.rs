@@ -278,8 +278,10 @@ impl Canonical for SignedRevocation {
 
 impl SignedRevocation {
     pub fn issue(root: &Identity, statement: Revocation) -> Result<Self, CertError> {
-        let signature =
-            root.sign(&signing_input(REVOCATION_DOMAIN, &[&statement.to_canonical()]))?;
+        let signature = root.sign(&signing_input(
+            REVOCATION_DOMAIN,
+            &[&statement.to_canonical()],
+        ))?;
         Ok(Self {
             statement,
             signature,

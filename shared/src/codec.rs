@@ -14,7 +14,11 @@ pub enum DecodeError {
     #[error("truncated: needed {needed} more bytes for {what}")]
     Truncated { what: &'static str, needed: usize },
     #[error("{what}: length {len} exceeds the limit of {max}")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{what}: unknown tag {tag}")]
     UnknownTag { what: &'static str, tag: u64 },
     #[error("{what}: not valid UTF-8")]
@@ -221,7 +225,9 @@ mod tests {
         let bytes = w.finish();
         let err = Reader::new(&bytes).bytes("blob", 1 << 20).unwrap_err();
         assert!(matches!(err, DecodeError::TooLong { .. }));
-        let err = Reader::new(&bytes).count("list", usize::MAX, 8).unwrap_err();
+        let err = Reader::new(&bytes)
+            .count("list", usize::MAX, 8)
+            .unwrap_err();
         assert!(matches!(err, DecodeError::Truncated { .. }));
     }
 

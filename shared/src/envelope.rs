@@ -167,7 +167,10 @@ mod tests {
         }
         let mut n = s.nonce;
         n[0] ^= 1;
-        assert_eq!(open(&k, &n, b"aad", &s.ciphertext), Err(EnvelopeError::Open));
+        assert_eq!(
+            open(&k, &n, b"aad", &s.ciphertext),
+            Err(EnvelopeError::Open)
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rsa::pkcs1::EncodeRsaPublicKey;
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
@@ -55,7 +57,9 @@ pub enum IdentityError {
 }
 
 /// SHA-256 of a public key's SPKI DER: the one way Conclave names a key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
@@ -231,9 +235,9 @@ impl Identity {
             .map_err(|e| bad(e.to_string()))?
             .as_bytes()
             .to_vec();
-        let signer =
-            ring::rsa::KeyPair::from_pkcs8(&pkcs8_der).map_err(|e| bad(format!("{e}")))?;
-        let public = PublicKey::from_rsa(private.to_public_key()).map_err(|e| bad(e.to_string()))?;
+        let signer = ring::rsa::KeyPair::from_pkcs8(&pkcs8_der).map_err(|e| bad(format!("{e}")))?;
+        let public =
+            PublicKey::from_rsa(private.to_public_key()).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             private,
             signer,

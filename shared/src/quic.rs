@@ -1,1 +1,0 @@
-//! QUIC and TLS configuration binding each endpoint to its key-manager certificate.

@@ -1,0 +1,82 @@
+//! The command line, as `../docs/INTERFACE.md` (the CLI contract) fixes it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use conclave_shared::config::EnrolmentMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "conclave",
+    version,
+    about = "A closed group's single, tamper-evident record"
+)]
+pub struct Args {
+    /// Config file (default: ./config.yml if present, else the built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output: one JSON object per line on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log filter for stderr (error, warn, info, debug, trace, or directives).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the key manager, or talk to a running one (invite, revoke, list).
+    Keymanager(KeymanagerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeymanagerArgs {
+    /// Address to listen on (default: keymanager.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default: keymanager.data, or <data_root>/keymanager).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Enrolment mode.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<EnrolmentMode>,
+    /// Where to write (server) or read (admin commands) the root public key.
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<AdminAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Issue a one-time registration token for NAME (for `mode: invite`).
+    Invite {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke NAME's certificate: the group removes it.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List registered names.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The admin token file (default: admin.token in the key manager's data directory).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token: Option<PathBuf>,
+    /// The key manager's address (default: keymanager.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub keymanager: Option<SocketAddr>,
+}

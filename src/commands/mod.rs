@@ -1,0 +1,39 @@
+//! One module a subcommand; each turns flags and config into a library call.
+
+mod keymanager;
+
+use conclave_shared::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Args, Command};
+
+pub async fn dispatch(args: Args, config: Config) -> anyhow::Result<()> {
+    match args.command {
+        Command::Keymanager(km) => keymanager::run(km, args.json, config).await,
+    }
+}
+
+/// A token cancelled by SIGINT or SIGTERM, so servers stop cleanly and exit 0.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                tracing::warn!("cannot listen for SIGTERM");
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received; shutting down");
+        t.cancel();
+    });
+    token
+}

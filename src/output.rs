@@ -1,0 +1,41 @@
+//! What goes to stdout (results and `--json` events) and stderr (logs).
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+
+/// Logs go to stderr only; `RUST_LOG` wins over the config and `--log-level`.
+pub fn init_tracing(level: &str) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
+        _ => tracing_subscriber::EnvFilter::try_new(level),
+    }
+    .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
+/// Writes one event: a JSON line with `event` and `t` when `json`, else the human line.
+pub fn event(json: bool, name: &str, fields: Value, human: impl FnOnce() -> String) {
+    let mut out = std::io::stdout().lock();
+    let line = if json {
+        let mut obj = Map::new();
+        obj.insert("event".into(), Value::from(name));
+        obj.insert(
+            "t".into(),
+            Value::from(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+        );
+        if let Value::Object(f) = fields {
+            obj.extend(f);
+        }
+        Value::Object(obj).to_string()
+    } else {
+        human()
+    };
+    // A closed stdout (e.g. `| head`) must not kill a server.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
