@@ -1,6 +1,6 @@
 //! What goes to stdout (results and `--json` events) and stderr (logs).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use serde_json::{Map, Value};
 
@@ -14,6 +14,7 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|e| e.to_string())
 }

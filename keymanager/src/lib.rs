@@ -52,10 +52,7 @@ pub struct Keymanager {
 impl Keymanager {
     /// Loads the root key and database from `opts.data_dir`, creating them on first start.
     pub fn open(opts: &KeymanagerOptions) -> Result<Self, KeymanagerError> {
-        std::fs::create_dir_all(&opts.data_dir).map_err(|source| KeymanagerError::DataDir {
-            path: opts.data_dir.clone(),
-            source,
-        })?;
+        create_private_dir(&opts.data_dir)?;
         let (root, created) =
             Identity::load_or_generate(&opts.data_dir.join(ROOT_KEY_FILE), opts.key_bits)?;
         // Published on every start, so a deleted or stale copy heals itself.
@@ -97,6 +94,23 @@ impl Keymanager {
     ) -> Result<(), KeymanagerError> {
         server::serve(self.shared, endpoint, shutdown).await
     }
+}
+
+/// Creates the data directory readable by its owner only: it holds the root key, the admin
+/// token and the database.
+fn create_private_dir(dir: &Path) -> Result<(), KeymanagerError> {
+    let err = |source| KeymanagerError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    if !dir.exists() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Reads an admin token file written by [`Keymanager::open`].

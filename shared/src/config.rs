@@ -328,8 +328,10 @@ mod tests {
             field_of(c.validate().unwrap_err()),
             "group.max_record_bytes"
         );
-        let mut c = Config::default();
-        c.log_level = " ".into();
+        let c = Config {
+            log_level: " ".into(),
+            ..Config::default()
+        };
         assert_eq!(field_of(c.validate().unwrap_err()), "log_level");
     }
 
