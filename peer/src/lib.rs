@@ -1,1 +1,3 @@
-//! Filled by the group issue.
+//! The peer: a member of the group, running an openraft node that holds the chain.
+
+pub mod types;

@@ -3,8 +3,10 @@
 
 pub mod frame;
 pub mod km;
+pub mod peer;
+pub mod proxy;
 
-/// ALPNs of the protocols that later issues add, fixed here so that they are never reused.
+/// The ALPNs of the group's protocols.
 pub const ALPN_PROXY: &[u8] = b"conclave/proxy/1";
 pub const ALPN_RAFT: &[u8] = b"conclave/raft/1";
 pub const ALPN_PEER: &[u8] = b"conclave/peer/1";

@@ -1,0 +1,141 @@
+//! The proxy protocol, ALPN `conclave/proxy/1`.
+//!
+//! The proxy is the one known address. A joining member asks it where the leader is; the
+//! leader tells it, in signed announcements, that it leads. `conclave status` asks it too,
+//! without a client certificate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{signing_input, Identity, IdentityError, PublicKey};
+
+pub use super::ALPN_PROXY as ALPN;
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+const ANNOUNCE_DOMAIN: &str = "conclave/announce/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ToProxy {
+    /// A member (its TLS certificate says which) asks where to join.
+    WhereIsLeader,
+    /// A leader says it leads; see [`SignedAnnouncement`].
+    Announce(SignedAnnouncement),
+    /// Anyone: the group as the proxy knows it, with each member's reachability and head.
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FromProxy {
+    /// Join through this leader.
+    Leader(LeaderInfo),
+    /// No group exists yet: the asker may found one with this id, if it announces
+    /// leadership within `lease_ms`.
+    Bootstrap {
+        group_id: [u8; 16],
+        lease_ms: u64,
+    },
+    /// Someone else holds the bootstrap lease, or the group has no known leader right now.
+    Wait {
+        retry_ms: u64,
+    },
+    /// The announcement was accepted.
+    Accepted,
+    /// The announcement was not accepted; `leader` is where the real group is, if known. A
+    /// peer that founded a group too late drops it and joins this one.
+    Rejected {
+        reason: Rejection,
+        message: String,
+        leader: Option<LeaderInfo>,
+    },
+    Status(GroupStatus),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Signature, certificate or encoding is wrong.
+    BadSignature,
+    /// The proxy serves another group.
+    OtherGroup,
+    /// A newer term is already known.
+    StaleTerm,
+    /// The announcer is not a member the proxy knows.
+    NotAMember,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub group_id: [u8; 16],
+    pub name: String,
+    pub node_id: u64,
+    pub addr: String,
+    pub term: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: String,
+    pub node_id: u64,
+    pub addr: String,
+    /// "voter" or "learner".
+    pub role: String,
+}
+
+/// What a leader claims. Signed as bytes, so the signature covers exactly what was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub group_id: [u8; 16],
+    pub name: String,
+    pub node_id: u64,
+    pub addr: String,
+    pub term: u64,
+    pub members: Vec<MemberInfo>,
+    pub time_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    /// bincode (`wire::encode_message`) of an [`Announcement`].
+    pub bytes: Vec<u8>,
+    /// RSA-PSS by the announcer over `signing_input("conclave/announce/v1", [bytes])`.
+    pub signature: Vec<u8>,
+}
+
+impl SignedAnnouncement {
+    pub fn sign(identity: &Identity, a: &Announcement) -> Result<Self, IdentityError> {
+        let bytes = super::encode_message(a).map_err(|e| IdentityError::Sign(e.to_string()))?;
+        let signature = identity.sign(&signing_input(ANNOUNCE_DOMAIN, &[&bytes]))?;
+        Ok(Self { bytes, signature })
+    }
+
+    /// Checks the signature with `key`, then decodes what it covers.
+    pub fn open(&self, key: &PublicKey) -> Result<Announcement, IdentityError> {
+        key.verify(
+            &signing_input(ANNOUNCE_DOMAIN, &[&self.bytes]),
+            &self.signature,
+        )?;
+        super::decode_message(&self.bytes).map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group_id: Option<[u8; 16]>,
+    pub leader: Option<LeaderInfo>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub node_id: u64,
+    pub addr: String,
+    pub role: String,
+    pub reachable: bool,
+    pub head_height: Option<u64>,
+    pub head_hash: Option<String>,
+}
