@@ -30,6 +30,66 @@ pub struct Args {
 pub enum Command {
     /// Run the key manager, or talk to a running one (invite, revoke, list).
     Keymanager(KeymanagerArgs),
+    /// Run the proxy: the one known address where members find the leader.
+    Proxy(ProxyArgs),
+    /// Run a member of the group: join, read and append records.
+    Peer(PeerArgs),
+    /// Show the group: leader, term, members, their heads (needs no identity).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (default: proxy.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default: proxy.data, or <data_root>/proxy).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The key manager (default: keymanager.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub keymanager: Option<SocketAddr>,
+    /// The key manager's root public key (default: keymanager.root_key from the config).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PeerArgs {
+    /// This member's name (asked for on a terminal if absent).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Address to listen on (default: peer.listen from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address the others dial (default: the bound listen address).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+    /// Data directory (default: peer.data, or <data_root>/peers/<name>).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The key manager (default: keymanager.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub keymanager: Option<SocketAddr>,
+    /// The proxy (default: proxy.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy: Option<SocketAddr>,
+    /// The key manager's root public key (default: keymanager.root_key from the config).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
+    /// One-time registration token, for a key manager in invite mode.
+    #[arg(long, value_name = "TOKEN")]
+    pub invite: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The proxy (default: proxy.addr from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy: Option<SocketAddr>,
+    /// The key manager's root public key (default: keymanager.root_key from the config).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

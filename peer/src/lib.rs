@@ -1,3 +1,34 @@
 //! The peer: a member of the group, running an openraft node that holds the chain.
+//!
+//! # Layout
+//! - [`node::run`]: start a peer (identity, store, Raft, server, joining, tasks) until the
+//!   shutdown token is cancelled.
+//! - `enrol`: the identity key and the key-manager certificate.
+//! - `join`: found the group or be admitted through the proxy and the leader.
+//! - `leader`: what a leader does: genesis, admissions, key rotations, announcements.
+//! - `server`: `conclave/raft/1` and `conclave/peer/1`, with the after-handshake checks.
+//! - `network`, `rpc`: openraft's RPCs over QUIC.
+//! - `writer`: the author's outbox, one batch in flight, exactly once.
+//! - `observer`, `keyring`, `events`: applied blocks → what the user sees; group keys.
+//! - `store`: redb storage (Raft log, state machine, chain, outbox).
+//! - `types`: the openraft type configuration.
 
+pub mod enrol;
+pub mod error;
+pub mod events;
+pub mod join;
+pub mod keyring;
+pub mod leader;
+pub mod link;
+pub mod network;
+pub mod node;
+pub mod observer;
+pub mod peerlink;
+pub mod rpc;
+pub mod server;
+pub mod status;
+pub mod store;
 pub mod types;
+pub mod writer;
+
+pub use error::PeerError;

@@ -149,9 +149,9 @@ impl Default for Config {
             },
             identity: IdentityConfig { key_bits: 2048 },
             raft: RaftConfig {
-                heartbeat_ms: 100,
-                election_timeout_min_ms: 1000,
-                election_timeout_max_ms: 2000,
+                heartbeat_ms: 75,
+                election_timeout_min_ms: 300,
+                election_timeout_max_ms: 600,
             },
             group: GroupConfig {
                 max_voters: 5,

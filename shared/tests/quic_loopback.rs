@@ -438,3 +438,43 @@ async fn a_client_refuses_a_server_with_a_bad_embedded_certificate() {
     assert!(err.contains("carries no Conclave certificate"), "{err}");
     assert!(server.verdict().await.is_err());
 }
+
+#[tokio::test]
+async fn optional_client_auth_admits_anonymous_clients_and_still_checks_certificates() {
+    let revoked = RevokedSerials::new();
+    let members = trust(&[Role::Member], &revoked);
+    let mut server = Server::start(&server_tls(), ClientAuth::OptionalMembers(members.clone()));
+
+    // No certificate at all: admitted, and the application sees that nobody is named.
+    let anonymous = assert_accepted(&mut server, member_client(None)).await;
+    assert!(matches!(
+        peer_cert(&anonymous, &members),
+        Err(QuicError::NoPeerCertificate)
+    ));
+
+    // A valid member certificate: admitted and named.
+    let alice = member_tls(&keys().alice, "alice", 1);
+    let conn = assert_accepted(&mut server, member_client(Some(&alice))).await;
+    assert_eq!(peer_cert(&conn, &members).expect("alice").name(), "alice");
+
+    // A presented certificate gets every check a mandatory one gets.
+    let mut cert = issue(&keys().root, &keys().bob, "bob", Role::Member, 2);
+    cert.signature[10] ^= 0x01;
+    let forged = TlsIdentity::new(&keys().bob, Some(&cert)).expect("tls identity");
+    assert_refused(
+        &mut server,
+        member_client(Some(&forged)),
+        "not signed by this root key",
+    )
+    .await;
+    let proxy_cert = issue(&keys().root, &keys().proxy, "proxy", Role::Proxy, 3);
+    let proxy = TlsIdentity::new(&keys().proxy, Some(&proxy_cert)).expect("tls identity");
+    assert_refused(
+        &mut server,
+        member_client(Some(&proxy)),
+        "not accepted here",
+    )
+    .await;
+    revoked.insert(1);
+    assert_refused(&mut server, member_client(Some(&alice)), "Revoked").await;
+}

@@ -1,6 +1,9 @@
 //! One module a subcommand; each turns flags and config into a library call.
 
 mod keymanager;
+mod peer;
+mod proxy;
+mod status;
 
 use conclave_shared::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +13,9 @@ use crate::cli::{Args, Command};
 pub async fn dispatch(args: Args, config: Config) -> anyhow::Result<()> {
     match args.command {
         Command::Keymanager(km) => keymanager::run(km, args.json, config).await,
+        Command::Proxy(p) => proxy::run(p, args.json, config).await,
+        Command::Peer(p) => peer::run(p, args.json, config).await,
+        Command::Status(s) => status::run(s, args.json, config).await,
     }
 }
 

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub mod cluster;
 
 /// The `conclave` binary, run in `dir` so that no stray `config.yml` is picked up.
 pub fn conclave(dir: &Path) -> Command {
@@ -53,6 +55,7 @@ impl Output {
 /// A running process. Killed (SIGKILL) and reaped on drop.
 pub struct Proc {
     child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
     seen: Vec<String>,
@@ -61,6 +64,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
         let mut child = cmd.spawn().expect("spawn conclave");
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
@@ -84,6 +88,7 @@ impl Proc {
         });
         Self {
             child: Some(child),
+            stdin,
             lines,
             stderr: err_buf,
             seen: Vec::new(),
@@ -92,6 +97,31 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Writes one line to the process's standard input (spawned with `Stdio::piped()`).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin was not piped");
+        writeln!(stdin, "{line}").expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Closes standard input (end of file), as a script that has no more to say would.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Every JSON event seen so far on stdout.
+    pub fn seen_events(&self) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Reads whatever stdout lines are ready, without waiting.
+    pub fn drain(&mut self) {
+        while self.next_line(Duration::from_millis(0)).is_some() {}
     }
 
     pub fn stderr(&self) -> String {

@@ -35,6 +35,12 @@ pub enum ClientAuth {
     None,
     /// A valid Conclave certificate is mandatory.
     Members(MemberTrust),
+    /// A client may present no certificate (`conclave status` at the proxy); a certificate it
+    /// does present must pass the same checks as under [`ClientAuth::Members`], or the
+    /// handshake fails. After the handshake, [`peer_cert`] tells the two kinds of client apart
+    /// ([`QuicError::NoPeerCertificate`] for an anonymous one), so a request that needs an
+    /// identity must call it.
+    OptionalMembers(MemberTrust),
 }
 
 /// Which servers a client accepts.
@@ -59,6 +65,9 @@ pub fn server_config(
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Members(trust) => {
             builder.with_client_cert_verifier(Arc::new(MemberClientVerifier::new(trust)))
+        }
+        ClientAuth::OptionalMembers(trust) => {
+            builder.with_client_cert_verifier(Arc::new(MemberClientVerifier::optional(trust)))
         }
     };
     let mut crypto = builder.with_single_cert(tls.cert_chain(), tls.private_key())?;
@@ -170,6 +179,7 @@ mod tests {
         let alpns: &[&[u8]] = &[b"conclave/test/1"];
         server_config(&km, ClientAuth::None, alpns).unwrap();
         server_config(&member, ClientAuth::Members(trust.clone()), alpns).unwrap();
+        server_config(&member, ClientAuth::OptionalMembers(trust.clone()), alpns).unwrap();
         client_config(None, ServerTrust::PinnedRoot(root.public().clone()), alpns).unwrap();
         client_config(Some(&member), ServerTrust::Members(trust), alpns).unwrap();
     }

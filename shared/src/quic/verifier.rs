@@ -25,9 +25,15 @@ pub struct MemberServerVerifier {
     signatures: HandshakeSignatures,
 }
 
-/// Requires every client to present a valid Conclave certificate (server side).
+/// Checks a client's Conclave certificate (server side). Built with [`new`] a certificate is
+/// mandatory; built with [`optional`] a client may present none (the proxy, where
+/// `conclave status` connects anonymously), but one it does present gets the same checks.
+///
+/// [`new`]: MemberClientVerifier::new
+/// [`optional`]: MemberClientVerifier::optional
 pub struct MemberClientVerifier {
     trust: MemberTrust,
+    mandatory: bool,
     signatures: HandshakeSignatures,
 }
 
@@ -47,9 +53,22 @@ impl MemberServerVerifier {
 }
 
 impl MemberClientVerifier {
+    /// Every client must present a valid certificate.
     pub fn new(trust: MemberTrust) -> Self {
         Self {
             trust,
+            mandatory: true,
+            signatures: HandshakeSignatures::ring(),
+        }
+    }
+
+    /// A client may present no certificate; one it presents must be valid. The application
+    /// tells the two apart after the handshake with [`peer_cert`](super::peer_cert), which
+    /// returns [`QuicError::NoPeerCertificate`] for an anonymous client.
+    pub fn optional(trust: MemberTrust) -> Self {
+        Self {
+            trust,
+            mandatory: false,
             signatures: HandshakeSignatures::ring(),
         }
     }
@@ -107,7 +126,7 @@ impl ClientCertVerifier for MemberClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     /// No hints: there is no CA whose name would help a client choose a certificate.
@@ -273,7 +292,11 @@ impl fmt::Debug for MemberServerVerifier {
 
 impl fmt::Debug for MemberClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MemberClientVerifier({:?})", self.trust)
+        write!(
+            f,
+            "MemberClientVerifier({:?}, mandatory: {})",
+            self.trust, self.mandatory
+        )
     }
 }
 

@@ -3,6 +3,12 @@
 //! The proxy is the one known address. A joining member asks it where the leader is; the
 //! leader tells it, in signed announcements, that it leads. `conclave status` asks it too,
 //! without a client certificate.
+//!
+//! The proxy's server asks for a client certificate but does not require one: a member
+//! presents its member certificate, `conclave status` presents none. Requests that need an
+//! identity (`WhereIsLeader`, `Announce`) are answered `Error` on a connection without a
+//! member certificate. The proxy itself presents a proxy-role certificate, and clients accept
+//! no other. See `docs/protocol.md`.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,11 +22,15 @@ const ANNOUNCE_DOMAIN: &str = "conclave/announce/v1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ToProxy {
-    /// A member (its TLS certificate says which) asks where to join.
+    /// A member (its TLS certificate says which) asks where to join. Answered `Leader`,
+    /// `Bootstrap` or `Wait`.
     WhereIsLeader,
-    /// A leader says it leads; see [`SignedAnnouncement`].
+    /// A leader says it leads; see [`SignedAnnouncement`]. It must be signed by the key of the
+    /// member certificate this connection presented, and name that member. Answered
+    /// `Accepted` or `Rejected`.
     Announce(SignedAnnouncement),
-    /// Anyone: the group as the proxy knows it, with each member's reachability and head.
+    /// Anyone, no certificate needed: the group as the proxy knows it, with each member's
+    /// reachability and head. Answered `Status`.
     Status,
 }
 
@@ -30,16 +40,19 @@ pub enum FromProxy {
     /// Join through this leader.
     Leader(LeaderInfo),
     /// No group exists yet: the asker may found one with this id, if it announces
-    /// leadership within `lease_ms`.
+    /// leadership within `lease_ms` (what is left of its lease; asking again does not extend a
+    /// live lease). One asker holds the lease at a time; when it passes to another asker the
+    /// group id is drawn afresh, so a founder that was too late is told `OtherGroup`.
     Bootstrap {
         group_id: [u8; 16],
         lease_ms: u64,
     },
-    /// Someone else holds the bootstrap lease, or the group has no known leader right now.
+    /// Someone else holds the bootstrap lease, or the group has no known leader right now:
+    /// ask again after `retry_ms`.
     Wait {
         retry_ms: u64,
     },
-    /// The announcement was accepted.
+    /// The announcement was accepted: the proxy now sends joiners to the announcer.
     Accepted,
     /// The announcement was not accepted; `leader` is where the real group is, if known. A
     /// peer that founded a group too late drops it and joins this one.
@@ -49,6 +62,8 @@ pub enum FromProxy {
         leader: Option<LeaderInfo>,
     },
     Status(GroupStatus),
+    /// The request was malformed, needs a member certificate this connection lacks, or the
+    /// proxy failed; the message is for people.
     Error {
         message: String,
     },
@@ -57,11 +72,12 @@ pub enum FromProxy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Rejection {
-    /// Signature, certificate or encoding is wrong.
+    /// Signature, certificate or encoding is wrong: not signed by the key of the presented
+    /// certificate, naming someone else than that certificate, or malformed contents.
     BadSignature,
     /// The proxy serves another group.
     OtherGroup,
-    /// A newer term is already known.
+    /// A newer term is already known, or this term is led by another member.
     StaleTerm,
     /// The announcer is not a member the proxy knows.
     NotAMember,

@@ -1,0 +1,63 @@
+//! What a peer tells its user, as INTERFACE.md fixes it: the binary prints these as JSON lines
+//! (`--json`) or as text.
+
+use conclave_shared::wire::peer::WireRole;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Admitted to the group, or founded it.
+    Joined {
+        name: String,
+        role: WireRole,
+        leader: String,
+        term: u64,
+        members: u32,
+        height: u64,
+    },
+    Leader {
+        name: String,
+        term: u64,
+    },
+    MemberJoined {
+        name: String,
+        role: WireRole,
+        height: u64,
+    },
+    MemberLeft {
+        name: String,
+        role: WireRole,
+        height: u64,
+    },
+    RoleChanged {
+        name: String,
+        role: WireRole,
+        height: u64,
+    },
+    KeyRotated {
+        epoch: u64,
+        height: u64,
+    },
+    Record {
+        height: u64,
+        author: String,
+        seq: u64,
+        text: Option<String>,
+        own: bool,
+    },
+    Committed {
+        seq: u64,
+        height: u64,
+        duplicate: bool,
+    },
+    Refused {
+        seq: u64,
+        reason: String,
+    },
+    Head {
+        height: u64,
+        hash: String,
+    },
+    Error {
+        message: String,
+    },
+}

@@ -1,0 +1,420 @@
+//! Starting a peer: identity, storage, Raft, the listening side, joining, and the tasks that
+//! run while it is a member. All of them stop on one cancellation token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_shared::cert::Role;
+use conclave_shared::chain::Rules;
+use conclave_shared::identity::PublicKey;
+use conclave_shared::quic::{
+    self, ClientAuth, MemberTrust, RevokedSerials, ServerTrust, TlsIdentity,
+};
+use conclave_shared::wire::peer::{self as peerwire, WireRole};
+use openraft::{Config, SnapshotPolicy};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::enrol::{enrol, EnrolOptions};
+use crate::error::PeerError;
+use crate::events::Event;
+use crate::join::{join, JoinCtx, Joined, GROUP_ID_FILE};
+use crate::keyring::KeyRing;
+use crate::leader::LeaderCtx;
+use crate::link::ProxyLink;
+use crate::network::RaftNetworkFactoryImpl;
+use crate::observer::Observer;
+use crate::peerlink::PeerLink;
+use crate::rpc;
+use crate::server::{self, ServerCtx};
+use crate::status::StatusSource;
+use crate::store::Store;
+use crate::types::{PeerNode, Raft};
+use crate::writer::{Command, Writer};
+
+/// Openraft sends at most this many entries in one append request; a request that would not
+/// fit in a frame is refused locally with a hint to send fewer (see `network`).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// How long joining may take before the peer gives up (exit 1).
+pub const JOIN_DEADLINE_MS: u64 = 120_000;
+/// How long the key manager may stay unreachable on a first start.
+pub const REGISTER_DEADLINE_MS: u64 = 60_000;
+pub const STORE_DIR: &str = "raft";
+
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The address others dial; defaults to the bound address.
+    pub advertise: Option<SocketAddr>,
+    pub keymanager: SocketAddr,
+    pub proxy: SocketAddr,
+    pub root: PublicKey,
+    pub key_bits: usize,
+    pub invite: Option<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Written into the genesis block if this peer founds the group.
+    pub rules: Rules,
+}
+
+/// Runs a peer until `shutdown` is cancelled.
+pub async fn run(
+    opts: PeerOptions,
+    endpoint: quinn::Endpoint,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> Result<(), PeerError> {
+    create_private_dir(&opts.data_dir)?;
+    let enrolled = enrol(
+        &endpoint,
+        EnrolOptions {
+            data_dir: &opts.data_dir,
+            name: &opts.name,
+            key_bits: opts.key_bits,
+            keymanager: opts.keymanager,
+            root: &opts.root,
+            invite: opts.invite.clone(),
+            deadline: Duration::from_millis(REGISTER_DEADLINE_MS),
+        },
+    )
+    .await?;
+    let node_id = enrolled.cert.fingerprint().node_id();
+    let span = tracing::info_span!("peer", name = %opts.name, node = node_id);
+    async move {
+        loop {
+            let once = run_once(
+                &opts,
+                &enrolled,
+                &endpoint,
+                &mut commands,
+                &events,
+                &shutdown,
+            )
+            .await?;
+            if !once {
+                return Ok(());
+            }
+            // Founded a group the proxy does not serve: drop it and join the real one.
+            warn!("dropping this member's one-node group to join the real one");
+            let _ = std::fs::remove_dir_all(opts.data_dir.join(STORE_DIR));
+            let _ = std::fs::remove_file(opts.data_dir.join(GROUP_ID_FILE));
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// One life of the Raft node. Returns `Ok(true)` if the peer must wipe its group and rejoin.
+async fn run_once(
+    opts: &PeerOptions,
+    enrolled: &crate::enrol::Enrolled,
+    endpoint: &quinn::Endpoint,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+) -> Result<bool, PeerError> {
+    let identity = enrolled.identity.clone();
+    let cert = enrolled.cert.clone();
+    let node_id = cert.fingerprint().node_id();
+    let bound = endpoint
+        .local_addr()
+        .map_err(|e| PeerError::Quic(e.to_string()))?;
+    let advertise = opts.advertise.unwrap_or(bound).to_string();
+    let me = PeerNode {
+        name: opts.name.clone(),
+        addr: advertise.clone(),
+    };
+
+    let tls = Arc::new(
+        TlsIdentity::new(&identity, Some(cert.certificate()))
+            .map_err(|e| PeerError::Quic(e.to_string()))?,
+    );
+    let revoked = RevokedSerials::new();
+    let callers = MemberTrust::new(
+        opts.root.clone(),
+        &[Role::Member, Role::Proxy],
+        revoked.clone(),
+    );
+    let members = MemberTrust::new(opts.root.clone(), &[Role::Member], revoked.clone());
+    let proxies = MemberTrust::new(opts.root.clone(), &[Role::Proxy], revoked);
+    let quic_err = |e: quic::QuicError| PeerError::Quic(e.to_string());
+    endpoint.set_server_config(Some(
+        quic::server_config(
+            &tls,
+            ClientAuth::Members(callers.clone()),
+            &[rpc::ALPN, peerwire::ALPN],
+        )
+        .map_err(quic_err)?,
+    ));
+    let raft_client = quic::client_config(
+        Some(&tls),
+        ServerTrust::Members(members.clone()),
+        &[rpc::ALPN],
+    )
+    .map_err(quic_err)?;
+    let peer_client = quic::client_config(
+        Some(&tls),
+        ServerTrust::Members(members.clone()),
+        &[peerwire::ALPN],
+    )
+    .map_err(quic_err)?;
+
+    let store_dir = opts.data_dir.join(STORE_DIR);
+    let root = opts.root.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, root))
+        .await
+        .map_err(|e| PeerError::Internal(e.to_string()))?
+        .map_err(|e| PeerError::Store(e.to_string()))?;
+    let (log_store, state_machine, chain, outbox) = store.into_parts();
+
+    let config = Config {
+        cluster_name: "conclave".into(),
+        heartbeat_interval: opts.heartbeat_ms,
+        election_timeout_min: opts.election_timeout_min_ms,
+        election_timeout_max: opts.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::Never,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| PeerError::Raft(e.to_string()))?;
+    let network = RaftNetworkFactoryImpl::new(endpoint.clone(), raft_client, members.clone());
+    let raft = Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
+        .await
+        .map_err(|e| PeerError::Raft(e.to_string()))?;
+
+    let stop = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    let status = StatusSource {
+        name: opts.name.clone(),
+        node_id,
+        raft: raft.clone(),
+        chain: chain.clone(),
+    };
+    let (admit_tx, admit_rx) = mpsc::channel(16);
+    tasks.spawn(
+        server::serve(
+            ServerCtx {
+                raft: raft.clone(),
+                node_id,
+                trust: callers,
+                admit: admit_tx,
+                status: status.clone(),
+            },
+            endpoint.clone(),
+            stop.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let (keys_tx, keys_rx) = watch::channel(KeyRing::default());
+    tasks.spawn(
+        Observer {
+            identity: identity.clone(),
+            name: opts.name.clone(),
+            chain: chain.clone(),
+            keys: keys_tx,
+            events: events.clone(),
+        }
+        .run(stop.clone())
+        .in_current_span(),
+    );
+    tasks.spawn(leader_events(raft.clone(), events.clone(), stop.clone()).in_current_span());
+
+    let (rejoin_tx, mut rejoin_rx) = mpsc::channel(1);
+    let proxy_link = || {
+        ProxyLink::new(
+            endpoint.clone(),
+            opts.proxy,
+            tls.clone(),
+            proxies.clone(),
+            cert.clone(),
+        )
+    };
+    tasks.spawn(
+        crate::leader::run(
+            LeaderCtx {
+                identity: identity.clone(),
+                name: opts.name.clone(),
+                node_id,
+                addr: advertise.clone(),
+                raft: raft.clone(),
+                chain: chain.clone(),
+                rules: opts.rules,
+                data_dir: opts.data_dir.clone(),
+                proxy: proxy_link(),
+                status: status.clone(),
+                rejoin: rejoin_tx,
+            },
+            admit_rx,
+            stop.clone(),
+        )
+        .in_current_span(),
+    );
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| PeerError::Raft(e.to_string()))?;
+    let joined = if initialized {
+        info!("restarting as a member");
+        None
+    } else {
+        let link = proxy_link();
+        let mut peers = PeerLink::new(endpoint.clone(), peer_client.clone(), members.clone());
+        let j = join(JoinCtx {
+            raft: &raft,
+            proxy: &link,
+            peers: &mut peers,
+            me: me.clone(),
+            node_id,
+            cert: &cert,
+            data_dir: &opts.data_dir,
+            deadline: Duration::from_millis(JOIN_DEADLINE_MS),
+            shutdown: &stop,
+        });
+        let j = tokio::select! {
+            j = j => j,
+            _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
+        };
+        match j {
+            Ok(j) => Some(j),
+            Err(e) => {
+                let _ = shut_down(raft, tasks, false).await;
+                return Err(e);
+            }
+        }
+    };
+
+    // Tell the user once this member holds a group key: only then can it read and write.
+    let mut keys_watch = keys_rx.clone();
+    let ready = async {
+        while keys_watch.borrow().current().is_none() {
+            if keys_watch.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
+        _ = rejoin_rx.recv() => return shut_down(raft, tasks, true).await,
+    }
+    let _ = events.send(joined_event(&status, &chain, joined)).await;
+
+    let writer = Writer {
+        identity,
+        name: opts.name.clone(),
+        raft: raft.clone(),
+        chain: chain.clone(),
+        outbox,
+        keys: keys_rx,
+        peers: Some(PeerLink::new(endpoint.clone(), peer_client, members)),
+        status,
+        events: events.clone(),
+        max_record_bytes: chain
+            .rules()
+            .map(|r| r.max_record_bytes as usize)
+            .unwrap_or(0),
+    };
+    let writer_stop = stop.clone();
+    let writing = writer.run(commands, writer_stop);
+    tokio::pin!(writing);
+    let rejoin = tokio::select! {
+        _ = &mut writing => false,
+        _ = stop.cancelled() => false,
+        _ = rejoin_rx.recv() => true,
+    };
+    shut_down(raft, tasks, rejoin).await
+}
+
+fn joined_event(
+    status: &StatusSource,
+    chain: &crate::store::ChainReader,
+    joined: Option<Joined>,
+) -> Event {
+    let s = status.status();
+    let height = chain.head().map(|(h, _)| h).unwrap_or(0);
+    let members = chain.admitted_members().len() as u32;
+    match joined {
+        Some(Joined::Admitted {
+            role,
+            leader,
+            term,
+            members,
+        }) => Event::Joined {
+            name: s.name,
+            role,
+            leader,
+            term,
+            members,
+            height,
+        },
+        _ => Event::Joined {
+            name: s.name,
+            role: s.role.unwrap_or(WireRole::Voter),
+            leader: s.leader.unwrap_or_default(),
+            term: s.term,
+            members,
+            height,
+        },
+    }
+}
+
+/// Emits a `leader` event whenever this member learns of a new leader.
+async fn leader_events(raft: Raft, events: mpsc::Sender<Event>, stop: CancellationToken) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let (leader, term, name) = {
+            let m = metrics.borrow();
+            let name = m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.name.clone())
+            });
+            (m.current_leader, m.current_term, name)
+        };
+        if let (Some(id), Some(name)) = (leader, name) {
+            if last != Some((id, term)) {
+                last = Some((id, term));
+                let _ = events.send(Event::Leader { name, term }).await;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            c = metrics.changed() => if c.is_err() { return },
+        }
+    }
+}
+
+async fn shut_down(raft: Raft, mut tasks: JoinSet<()>, rejoin: bool) -> Result<bool, PeerError> {
+    tasks.abort_all();
+    if let Err(e) = raft.shutdown().await {
+        warn!("raft did not shut down cleanly: {e}");
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(rejoin)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), PeerError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).map_err(|e| PeerError::DataDir {
+        path: dir.to_owned(),
+        why: e.to_string(),
+    })
+}

@@ -1,0 +1,101 @@
+//! The peer's durable state: one redb file holding the Raft log, the chain and the outbox.
+//!
+//! [`Store::open`] opens `DIR/peer.redb`, refuses an unknown format version, replays every
+//! stored block through the chain verifier under the group's root key (a damaged or altered
+//! file is refused, naming the first bad height) and hands out the pieces:
+//!
+//! - [`LogStore`]: openraft's `RaftLogStorage` (log, vote, committed, purged).
+//! - [`StateMachineStore`]: openraft's `RaftStateMachine`: committed entries become blocks
+//!   (see `apply.rs` for the rules), snapshots are built and installed.
+//! - [`ChainReader`]: cloneable read access (head, members, blocks) and a watch of changes.
+//! - [`Outbox`]: this member's records waiting to reach the chain.
+//!
+//! They share one `Arc<redb::Database>` (it is `Send + Sync`; redb serialises writers, so
+//! there is no lock of ours around it). Everything the async Raft paths do runs on the
+//! blocking pool.
+//!
+//! # Layout
+//! - `schema`: tables and the format version; `disk`: bounded bincode for openraft's types.
+//! - `log`: [`LogStore`]. `apply`: entry → block, deterministically. `replay`: rebuilding
+//!   and verifying. `state_machine`: [`StateMachineStore`]. `snapshot`: the snapshot layout.
+//! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
+//! - `error`: [`StoreError`].
+
+mod apply;
+mod disk;
+mod error;
+mod log;
+mod outbox;
+mod reader;
+mod replay;
+mod schema;
+mod snapshot;
+mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use conclave_shared::identity::PublicKey;
+use tokio::sync::watch;
+
+pub use error::StoreError;
+pub use log::{LogStore, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES};
+pub use outbox::{InflightBatch, Outbox};
+pub use reader::{ChainReader, ChainView, MemberInfo, MAX_BLOCKS_PER_READ, MAX_BLOCK_READ_BYTES};
+pub use schema::{DB_FILE, STORE_FORMAT_VERSION};
+pub use snapshot::{SnapshotBuilder, SNAPSHOT_FORMAT_VERSION};
+pub use state_machine::StateMachineStore;
+
+/// The opened store, in the pieces its users need.
+pub struct Store {
+    /// Give to openraft as its log store.
+    pub log: LogStore,
+    /// Give to openraft as its state machine.
+    pub state_machine: StateMachineStore,
+    /// For the node, the console and status.
+    pub chain: ChainReader,
+    /// For this member's writer.
+    pub outbox: Outbox,
+}
+
+impl Store {
+    /// Opens or creates the store in `dir` for the group whose root key is `root`.
+    ///
+    /// Blocking, and as slow as verifying the whole stored chain (RSA checks of every
+    /// admission and batch): call it at start-up, or in `spawn_blocking`.
+    pub fn open(dir: &Path, root: PublicKey) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let db = Arc::new(schema::open_db(&dir.join(DB_FILE))?);
+        let state = replay::recover(&db, &root)?;
+        let root = Arc::new(root);
+        let (view_tx, view_rx) = watch::channel(ChainView::of(&state));
+        Ok(Store {
+            log: LogStore::new(db.clone()),
+            state_machine: StateMachineStore::new(db.clone(), root.clone(), state, view_tx),
+            chain: ChainReader::new(db.clone(), root, view_rx),
+            outbox: Outbox::new(db),
+        })
+    }
+
+    /// The pieces, in the order openraft's `Raft::new` takes the first two.
+    pub fn into_parts(self) -> (LogStore, StateMachineStore, ChainReader, Outbox) {
+        (self.log, self.state_machine, self.chain, self.outbox)
+    }
+}
+
+/// Runs redb work on the blocking pool. A panic in it becomes [`StoreError::Task`].
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}

@@ -1,0 +1,156 @@
+//! Dropping and reopening the store keeps everything, and a damaged file is refused.
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::RaftLogReader;
+use redb::{Database, ReadableTable};
+use tempfile::TempDir;
+
+use super::*;
+use crate::store::schema::{BLOCKS, DB_FILE, FORMAT_KEY, META};
+use crate::store::StoreError;
+use crate::types::Vote;
+
+#[tokio::test]
+async fn reopening_keeps_log_vote_blocks_and_outbox() {
+    let dir = TempDir::new().unwrap();
+    let mut b = builder();
+    let entries = entries_for(b.blocks(), 1);
+    let last = entries.last().unwrap().log_id;
+    let vote = Vote::new(3, alice_id());
+    {
+        let mut store = open(dir.path());
+        store.log.save_vote(&vote).await.unwrap();
+        store.log.blocking_append(entries.clone()).await.unwrap();
+        store.log.save_committed(Some(last)).await.unwrap();
+        apply(&mut store.state_machine, entries.clone()).await;
+        assert_eq!(store.outbox.enqueue(b"hello").unwrap(), 1);
+    }
+
+    let mut store = open(dir.path());
+    assert_eq!(store.log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(store.log.read_committed().await.unwrap(), Some(last));
+    let state = store.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(last));
+    assert_eq!(state.last_purged_log_id, None);
+    let logged = store.log.try_get_log_entries(..).await.unwrap();
+    assert_eq!(format!("{logged:?}"), format!("{entries:?}"));
+
+    let (applied, _) = store.state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(last));
+    assert_eq!(all_blocks(&store.chain), b.blocks());
+    assert_eq!(store.chain.head(), Some((6, b.head().hash)));
+    assert_eq!(store.chain.member("alice").unwrap().next_seq, 4);
+    assert_eq!(store.outbox.next_seq().unwrap(), 2);
+    assert_eq!(
+        store.outbox.pending(10, 1 << 20).unwrap(),
+        vec![(1, b"hello".to_vec())]
+    );
+
+    // The rebuilt chain state decides as the old one did.
+    let retry = entry_for(8, b.head());
+    b.records("bob", [b"b2".as_slice()]).unwrap();
+    let next = entry_for(9, b.head());
+    let replies = apply(&mut store.state_machine, vec![retry, next]).await;
+    assert_eq!(
+        replies,
+        vec![Applied::Duplicate { height: 6 }, block_reply(b.head())]
+    );
+}
+
+#[tokio::test]
+async fn purge_and_truncate_survive_reopening() {
+    let dir = TempDir::new().unwrap();
+    let entries: Vec<Entry> = (1..=10).map(blank).collect();
+    {
+        let mut store = open(dir.path());
+        store.log.blocking_append(entries).await.unwrap();
+        store.log.purge(log_id(1, alice_id(), 3)).await.unwrap();
+        store.log.truncate(log_id(1, alice_id(), 8)).await.unwrap();
+    }
+    let mut store = open(dir.path());
+    let state = store.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, alice_id(), 3)));
+    assert_eq!(state.last_log_id, Some(log_id(1, alice_id(), 7)));
+    let indexes: Vec<u64> = store
+        .log
+        .try_get_log_entries(0..100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, vec![4, 5, 6, 7]);
+}
+
+fn write_db(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = Database::create(dir.join(DB_FILE)).unwrap();
+    let tx = db.begin_write().unwrap();
+    f(&tx);
+    tx.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_tampered_block_is_found_when_opening() {
+    let dir = TempDir::new().unwrap();
+    let b = builder();
+    {
+        let mut store = open(dir.path());
+        apply(&mut store.state_machine, entries_for(b.blocks(), 1)).await;
+    }
+    write_db(dir.path(), |tx| {
+        let mut blocks = tx.open_table(BLOCKS).unwrap();
+        let mut bytes = blocks.get(3).unwrap().unwrap().value().to_vec();
+        // Rewrite the time in the header: the stored hash no longer matches.
+        bytes[2 + 8 + 32 + 8 + 8 + 7] ^= 1;
+        blocks.insert(3, bytes.as_slice()).unwrap();
+    });
+    match Store::open(dir.path(), ids().root.public().clone()) {
+        Err(StoreError::Chain(f)) => assert_eq!(f.height, 3, "{f}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a tampered chain was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn another_groups_root_cannot_open_the_chain() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut store = open(dir.path());
+        apply(
+            &mut store.state_machine,
+            entries_for(&builder().blocks()[..1], 1),
+        )
+        .await;
+    }
+    let err = Store::open(dir.path(), ids().other_root.public().clone())
+        .err()
+        .expect("the wrong root is refused");
+    assert!(
+        matches!(&err, StoreError::Chain(f) if f.height == 0),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path()));
+    write_db(dir.path(), |tx| {
+        tx.open_table(META).unwrap().insert(FORMAT_KEY, 99).unwrap();
+    });
+    let err = Store::open(dir.path(), ids().root.public().clone())
+        .err()
+        .expect("format 99 is refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::UnknownFormat {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("format 99"), "{err}");
+}

@@ -1,0 +1,265 @@
+//! Serving `conclave/proxy/1`: an accept loop, one task per connection, one request per
+//! stream. Shaped like the key manager's server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conclave_shared::cert::VerifiedCert;
+use conclave_shared::quic::{self, ClientAuth, MemberTrust, TlsIdentity};
+use conclave_shared::wire::proxy::{self, FromProxy, SignedAnnouncement, ToProxy};
+use conclave_shared::wire::{read_frame, write_frame, WireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::actor::StateHandle;
+use crate::announce::VerifiedAnnouncement;
+use crate::error::ProxyError;
+use crate::state::Accepted;
+use crate::status::Prober;
+
+/// More simultaneous connections than this are refused at once rather than queued.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Requests one connection may make before it must reconnect.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 10_000;
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a client may take to send one request once it opened its stream.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long shutdown waits for connections to drain.
+pub const DRAIN_TIMEOUT_MS: u64 = 3_000;
+
+/// What every connection task reads; the state itself lives in the actor.
+pub(crate) struct Shared {
+    /// Members only: what a request that needs an identity must present.
+    pub members: MemberTrust,
+    pub state: StateHandle,
+    pub prober: Prober,
+}
+
+pub(crate) async fn serve(
+    tls: &TlsIdentity,
+    shared: Arc<Shared>,
+    endpoint: &quinn::Endpoint,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    // Members may present their certificate, `conclave status` presents none; each request
+    // that needs an identity checks it after the handshake.
+    let cfg = quic::server_config(
+        tls,
+        ClientAuth::OptionalMembers(shared.members.clone()),
+        &[proxy::ALPN],
+    )
+    .map_err(|e| ProxyError::Quic(e.to_string()))?;
+    endpoint.set_server_config(Some(cfg));
+    let addr = endpoint.local_addr().ok();
+    info!(?addr, fingerprint = %tls.fingerprint(), "proxy serving");
+
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    warn!(remote = %incoming.remote_address(), "too many connections; refusing");
+                    incoming.refuse();
+                    continue;
+                };
+                let remote = incoming.remote_address();
+                tasks.spawn(
+                    connection(shared.clone(), incoming, shutdown.child_token(), permit)
+                        .instrument(info_span!("proxy_conn", %remote)),
+                );
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    warn!("connection task failed: {e}");
+                }
+            }
+        }
+    }
+    info!("proxy shutting down");
+    endpoint.set_server_config(None);
+    endpoint.close(0u32.into(), b"proxy shutting down");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_millis(DRAIN_TIMEOUT_MS),
+        endpoint.wait_idle(),
+    )
+    .await;
+    Ok(())
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn =
+        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!("handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                warn!("handshake timed out");
+                return;
+            }
+        };
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        let (mut send, mut recv) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!("connection closed: {e}");
+                    return;
+                }
+            },
+        };
+        let request = tokio::time::timeout(
+            Duration::from_millis(REQUEST_TIMEOUT_MS),
+            read_frame::<_, ToProxy>(&mut recv, proxy::MAX_REQUEST_BYTES),
+        )
+        .await;
+        let reply = match request {
+            Ok(Ok(Some(req))) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    reply = handle(&shared, &conn, req) => reply,
+                }
+            }
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                warn!("bad request: {e}");
+                if matches!(e, WireError::TooLarge { .. }) {
+                    // The rest of the oversized frame is never read; tell the sender to stop.
+                    let _ = recv.stop(1u32.into());
+                }
+                error_reply(format!("bad request: {e}"))
+            }
+            Err(_) => {
+                warn!("request timed out");
+                let _ = recv.stop(1u32.into());
+                continue;
+            }
+        };
+        if let Err(e) = write_frame(&mut send, &reply, proxy::MAX_RESPONSE_BYTES).await {
+            warn!("could not send reply: {e}");
+            continue;
+        }
+        let _ = send.finish();
+    }
+    conn.close(0u32.into(), b"request limit reached");
+}
+
+fn error_reply(message: impl Into<String>) -> FromProxy {
+    FromProxy::Error {
+        message: message.into(),
+    }
+}
+
+fn internal(e: ProxyError) -> FromProxy {
+    tracing::error!("request failed: {e}");
+    error_reply("the proxy failed; try again")
+}
+
+/// The member on the other end, checked now (revocations learned since the handshake count),
+/// or the message that refuses the request.
+fn member(shared: &Shared, conn: &quinn::Connection, what: &str) -> Result<VerifiedCert, String> {
+    quic::peer_cert(conn, &shared.members).map_err(|e| {
+        warn!("{what} without a member certificate: {e}");
+        format!("{what} needs a member certificate presented in the TLS handshake: {e}")
+    })
+}
+
+async fn handle(shared: &Shared, conn: &quinn::Connection, req: ToProxy) -> FromProxy {
+    match req {
+        ToProxy::WhereIsLeader => {
+            let who = match member(shared, conn, "WhereIsLeader") {
+                Ok(w) => w,
+                Err(message) => return error_reply(message),
+            };
+            match shared.state.where_is_leader(who.name().to_owned()).await {
+                Ok(answer) => {
+                    debug!(asker = %who.name(), ?answer, "where is the leader");
+                    answer
+                }
+                Err(e) => internal(e),
+            }
+        }
+        ToProxy::Announce(signed) => {
+            let who = match member(shared, conn, "Announce") {
+                Ok(w) => w,
+                Err(message) => return error_reply(message),
+            };
+            announce(shared, &who, &signed).await
+        }
+        ToProxy::Status => match shared.state.snapshot().await {
+            Ok(state) => FromProxy::Status(shared.prober.status(&state).await),
+            Err(e) => internal(e),
+        },
+        other => {
+            warn!("request not handled by this version: {other:?}");
+            error_reply("request not supported by this proxy")
+        }
+    }
+}
+
+async fn announce(shared: &Shared, who: &VerifiedCert, signed: &SignedAnnouncement) -> FromProxy {
+    let checked = match VerifiedAnnouncement::check(signed, who) {
+        Ok(v) => v,
+        Err(refusal) => {
+            warn!(announcer = %who.name(), reason = ?refusal.reason, "announcement rejected: {}", refusal.message);
+            let leader = shared
+                .state
+                .snapshot()
+                .await
+                .ok()
+                .and_then(|s| s.leader_info());
+            return FromProxy::Rejected {
+                reason: refusal.reason,
+                message: refusal.message,
+                leader,
+            };
+        }
+    };
+    let (term, group) = (
+        checked.announcement().term,
+        hex::encode(checked.announcement().group_id),
+    );
+    match shared.state.announce(checked).await {
+        Ok(outcome) => match outcome.result {
+            Ok(accepted) => {
+                match accepted {
+                    Accepted::Founded => {
+                        info!(leader = %who.name(), term, %group, "group founded")
+                    }
+                    Accepted::NewLeader => info!(leader = %who.name(), term, "new leader"),
+                    Accepted::Refreshed => debug!(leader = %who.name(), term, "leader refreshed"),
+                }
+                FromProxy::Accepted
+            }
+            Err(refusal) => {
+                warn!(announcer = %who.name(), term, reason = ?refusal.reason, "announcement rejected: {}", refusal.message);
+                FromProxy::Rejected {
+                    reason: refusal.reason,
+                    message: refusal.message,
+                    leader: outcome.leader,
+                }
+            }
+        },
+        Err(e) => internal(e),
+    }
+}

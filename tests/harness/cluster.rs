@@ -1,0 +1,179 @@
+//! A whole group on 127.0.0.1: a key manager, a proxy and named peers, each a real
+//! `conclave` process with its data in one temporary directory. Everything is killed on drop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{conclave, run, Proc, DEADLINE};
+
+pub struct Peer {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub km: Proc,
+    pub km_addr: SocketAddr,
+    pub proxy: Proc,
+    pub proxy_addr: SocketAddr,
+    pub peers: BTreeMap<String, Peer>,
+}
+
+impl Cluster {
+    /// A key manager and a proxy, no peers yet.
+    pub fn servers() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (km, km_addr) = start_server(
+            dir.path(),
+            &["keymanager", "--listen", "127.0.0.1:0", "--data", "km"],
+            "keymanager",
+        );
+        let (proxy, proxy_addr) = start_server(
+            dir.path(),
+            &[
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                "proxy",
+                "--keymanager",
+                &km_addr.to_string(),
+            ],
+            "proxy",
+        );
+        Cluster {
+            dir,
+            km,
+            km_addr,
+            proxy,
+            proxy_addr,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// Servers and `n` peers named p1..pn, started one after the other, each joined.
+    pub fn with_peers(n: usize) -> Self {
+        let mut c = Self::servers();
+        for i in 1..=n {
+            let name = format!("p{i}");
+            c.start_peer(&name, None);
+            c.wait_joined(&name);
+        }
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The command line of peer `name` (data in `<dir>/peers/<name>`).
+    pub fn peer_command(&self, name: &str, listen: Option<SocketAddr>) -> Command {
+        let mut cmd = conclave(self.path());
+        let listen = listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        cmd.args([
+            "--json",
+            "peer",
+            "--name",
+            name,
+            "--listen",
+            &listen,
+            "--data",
+            &format!("peers/{name}"),
+            "--keymanager",
+            &self.km_addr.to_string(),
+            "--proxy",
+            &self.proxy_addr.to_string(),
+        ])
+        .stdin(Stdio::piped());
+        cmd
+    }
+
+    /// Starts peer `name` and waits for its `listening` line.
+    pub fn start_peer(&mut self, name: &str, listen: Option<SocketAddr>) -> &mut Peer {
+        let mut proc = Proc::spawn(&mut self.peer_command(name, listen));
+        let ev = proc.wait_event("listening", |v| v["role"] == "peer");
+        let addr = ev["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("listening addr");
+        let data = self.path().join("peers").join(name);
+        self.peers
+            .insert(name.to_owned(), Peer { proc, addr, data });
+        self.peers.get_mut(name).expect("just inserted")
+    }
+
+    pub fn peer(&mut self, name: &str) -> &mut Peer {
+        self.peers
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no peer {name}"))
+    }
+
+    pub fn wait_joined(&mut self, name: &str) -> Value {
+        self.peer(name).proc.wait_event("joined", |_| true)
+    }
+
+    /// Kills peer `name` with SIGKILL; returns its address for a restart on the same port.
+    pub fn kill9(&mut self, name: &str) -> SocketAddr {
+        let mut p = self
+            .peers
+            .remove(name)
+            .unwrap_or_else(|| panic!("no peer {name}"));
+        p.proc.kill9();
+        p.addr
+    }
+
+    /// `conclave --json status` through the proxy.
+    pub fn status(&self) -> Value {
+        let mut cmd = conclave(self.path());
+        cmd.args(["--json", "status", "--proxy", &self.proxy_addr.to_string()]);
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(0), "status failed: {}", out.stderr);
+        let lines = out.json_lines();
+        lines
+            .into_iter()
+            .find(|v| v["event"] == "status")
+            .expect("a status line")
+    }
+
+    /// Waits until `pred` holds for the status, or panics at the deadline with the last one.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + DEADLINE;
+        let mut last = Value::Null;
+        while Instant::now() < until {
+            last = self.status();
+            if pred(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("status never showed {what}; last: {last:#}");
+    }
+
+    /// Runs `conclave verify`-like checking in-process is not possible from here; this reads
+    /// a stopped peer's chain with the library instead.
+    pub fn root_key(&self) -> PathBuf {
+        self.path().join("conclave-data").join("root.pub.pem")
+    }
+}
+
+/// Starts a server subcommand with `--json` in `dir` and returns it with its bound address.
+fn start_server(dir: &Path, args: &[&str], role: &str) -> (Proc, SocketAddr) {
+    let mut cmd = conclave(dir);
+    cmd.arg("--json").args(args);
+    let mut p = Proc::spawn(&mut cmd);
+    let ev = p.wait_event("listening", |v| v["role"] == role);
+    let addr = ev["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("listening addr");
+    (p, addr)
+}
