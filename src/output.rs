@@ -8,6 +8,13 @@ use serde_json::{Map, Value};
 pub fn init_tracing(level: &str) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
+        // openraft logs every election and vote at info; keep that for `debug`.
+        _ if !level.contains(',')
+            && !level.contains('=')
+            && matches!(level, "error" | "warn" | "info") =>
+        {
+            tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn"))
+        }
         _ => tracing_subscriber::EnvFilter::try_new(level),
     }
     .map_err(|e| format!("invalid log level {level:?}: {e}"))?;

@@ -5,7 +5,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::cluster::Cluster;
+use harness::cluster::{assert_same_chains, record_ids, Cluster};
 use harness::DEADLINE;
 use serde_json::Value;
 
@@ -102,4 +102,337 @@ fn a_group_forms_and_records_reach_every_peer_in_one_order() {
             x["hash"] == m[0]["hash"] && x["hash"].is_string() && x["height"].as_u64() >= Some(last)
         })
     });
+    // Stopped, every stored chain verifies with the root key alone and all are the same.
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| (*n, c.chain_of(n)))
+        .collect();
+    assert_same_chains(&chains);
+    assert_eq!(record_ids(&chains[0].1).len(), 15);
+}
+
+fn joined_members(v: &Value) -> u64 {
+    v["members"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn two_peers_started_at_the_same_instant_make_one_group() {
+    let mut c = Cluster::servers();
+    c.start_peer("a", None);
+    c.start_peer("b", None);
+    let ja = c.wait_joined("a");
+    let jb = c.wait_joined("b");
+    assert_eq!(ja["leader"], jb["leader"], "one leader: {ja} {jb}");
+    let status = c.wait_status("one group of two", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 2) && s["leader"].is_string()
+    });
+    assert!(status["group"].is_string());
+    assert_eq!(joined_members(&ja).max(joined_members(&jb)), 2);
+}
+
+#[test]
+fn a_restarted_proxy_offers_no_second_bootstrap() {
+    let mut c = Cluster::with_peers(1);
+    c.wait_status("p1 leads", |s| leader_of(s).as_deref() == Some("p1"));
+    let group = c.status()["group"].clone();
+    // The proxy dies and comes back on the same address with the same data.
+    c.proxy.kill9();
+    let mut cmd = harness::conclave(c.path());
+    cmd.args([
+        "--json",
+        "proxy",
+        "--listen",
+        &c.proxy_addr.to_string(),
+        "--data",
+        "proxy",
+        "--keymanager",
+        &c.km_addr.to_string(),
+    ]);
+    c.proxy = harness::Proc::spawn(&mut cmd);
+    c.proxy.wait_event("listening", |_| true);
+    c.start_peer("p2", None);
+    let j = c.wait_joined("p2");
+    assert_eq!(
+        j["leader"], "p1",
+        "p2 must join p1's group, not found another: {j}"
+    );
+    assert_eq!(joined_members(&j), 2);
+    let status = c.wait_status("two members", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 2)
+    });
+    assert_eq!(status["group"], group, "the group changed");
+}
+
+#[test]
+fn the_leader_fails_over_appends_go_on_and_a_later_peer_joins_the_new_leader() {
+    let mut c = Cluster::with_peers(3);
+    let before = c.wait_status("p1 leads three", |s| {
+        leader_of(s).as_deref() == Some("p1")
+            && s["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    let term = before["term"].as_u64().unwrap();
+    c.peer("p2").proc.send_line("before the failover");
+    wait_records(&mut c, &["p2", "p3"], 1);
+
+    let killed_at = Instant::now();
+    let p1_addr = c.kill9("p1");
+    c.peer("p2").proc.send_line("after the failover");
+    let seen = wait_records(&mut c, &["p2", "p3"], 2);
+    let failover = killed_at.elapsed();
+    assert_eq!(seen["p2"], seen["p3"]);
+    let after = c.wait_status("a new leader with a higher term", |s| {
+        leader_of(s).is_some_and(|l| l != "p1") && s["term"].as_u64().is_some_and(|t| t > term)
+    });
+    let new_leader = leader_of(&after).unwrap();
+    eprintln!("kill -9 of the leader to the next record seen everywhere: {failover:?}");
+
+    // A fourth peer asks the proxy and is sent to the new leader.
+    c.start_peer("p4", None);
+    let j = c.wait_joined("p4");
+    assert_eq!(j["leader"], new_leader.as_str());
+    // The killed leader comes back with its data and port, and catches up.
+    c.start_peer("p1", Some(p1_addr));
+    c.peer("p3").proc.send_line("everyone is back");
+    wait_records(&mut c, &["p1"], 1);
+    let s = c.wait_status("four equal heads", |s| {
+        let m = s["members"].as_array().unwrap();
+        m.len() == 4
+            && m.iter()
+                .all(|x| x["reachable"] == true && x["hash"] == m[0]["hash"])
+    });
+    assert_eq!(leader_of(&s), Some(new_leader));
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2", "p3", "p4"]
+        .iter()
+        .map(|n| (*n, c.chain_of(n)))
+        .collect();
+    assert_same_chains(&chains);
+    assert_eq!(record_ids(&chains[0].1).len(), 3);
+}
+
+/// Committed seqs a peer printed.
+fn committed(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "committed")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_record_is_in_every_chain_exactly_once_through_leader_and_author_crashes() {
+    const N: u64 = 300;
+    let mut c = Cluster::with_peers(3);
+    c.wait_status("p1 leads", |s| leader_of(s).as_deref() == Some("p1"));
+
+    // p2 (a follower) writes 300 records; p3 writes too, and is killed midway.
+    for i in 1..=N / 2 {
+        c.peer("p2").proc.send_line(&format!("p2 record {i}"));
+    }
+    for i in 1..=50 {
+        c.peer("p3").proc.send_line(&format!("p3 record {i}"));
+    }
+    // Wait for some of p2's to commit, then kill the leader under the rest.
+    let until = Instant::now() + DEADLINE;
+    while committed(&c.peer("p2").proc.seen_events()).len() < 20 {
+        assert!(Instant::now() < until, "p2 never committed");
+        let _ = c.peer("p2").proc.next_line(Duration::from_millis(50));
+    }
+    let p1_addr = c.kill9("p1");
+    for i in N / 2 + 1..=N {
+        c.peer("p2").proc.send_line(&format!("p2 record {i}"));
+    }
+    // Kill the other author mid-stream, then bring it back with its data.
+    c.peer("p3").proc.drain();
+    let p3_before = committed(&c.peer("p3").proc.seen_events());
+    let p3_addr = c.kill9("p3");
+    c.start_peer("p3", Some(p3_addr));
+    for i in 51..=60 {
+        c.peer("p3").proc.send_line(&format!("p3 record {i}"));
+    }
+    c.start_peer("p1", Some(p1_addr));
+
+    // Everything p2 wrote commits, exactly once.
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = c.peer("p2");
+        p.proc.drain();
+        let mut seqs = committed(&p.proc.seen_events());
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.len() as u64 == N {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "p2 committed {} of {N}\n{}",
+            seqs.len(),
+            p.proc.stderr()
+        );
+        let _ = p.proc.next_line(Duration::from_millis(100));
+    }
+    // p3's acknowledged records (before and after its crash) must all be there.
+    let until = Instant::now() + Duration::from_secs(60);
+    let p3_after = loop {
+        let p = c.peer("p3");
+        p.proc.drain();
+        let got = committed(&p.proc.seen_events());
+        if got.len() >= 10 {
+            break got;
+        }
+        assert!(
+            Instant::now() < until,
+            "restarted p3 committed only {}",
+            got.len()
+        );
+        let _ = p.proc.next_line(Duration::from_millis(100));
+    };
+    c.wait_status("three equal heads", |s| {
+        let m = s["members"].as_array().unwrap();
+        m.iter().filter(|x| x["reachable"] == true).count() == 3
+            && m.iter()
+                .all(|x| x["reachable"] != true || x["hash"] == m[0]["hash"])
+    });
+    c.stop_all();
+
+    let chains: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| (*n, c.chain_of(n)))
+        .collect();
+    assert_same_chains(&chains);
+    let ids = record_ids(&chains[0].1);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "a record appears twice");
+    let p2: Vec<u64> = ids
+        .iter()
+        .filter(|(a, _)| a == "p2")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        p2,
+        (1..=N).collect::<Vec<_>>(),
+        "p2's records, in order, each once"
+    );
+    let p3: Vec<u64> = ids
+        .iter()
+        .filter(|(a, _)| a == "p3")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        p3,
+        (1..=p3.len() as u64).collect::<Vec<_>>(),
+        "p3's sequence has a gap or repeat"
+    );
+    for s in p3_before.iter().chain(&p3_after) {
+        assert!(p3.contains(s), "p3's acknowledged record {s} is lost");
+    }
+}
+
+mod strangers {
+    use super::*;
+    use conclave_keymanager::client::KeymanagerClient;
+    use conclave_peer::rpc::{RaftReply, RaftRequest};
+    use conclave_shared::cert::{CertBody, Certificate, Role};
+    use conclave_shared::identity::{Identity, PublicKey};
+    use conclave_shared::quic::{self, MemberTrust, RevokedSerials, ServerTrust, TlsIdentity};
+    use conclave_shared::wire::{read_frame, write_frame, ALPN_RAFT};
+
+    /// Opens a Raft connection as `tls` and sends a vote request claiming `claimed` as its
+    /// node id at a high term. Returns the reply, or the error that stopped the exchange.
+    async fn raft_vote(
+        target: std::net::SocketAddr,
+        tls: &TlsIdentity,
+        root: &PublicKey,
+        claimed: u64,
+    ) -> Result<RaftReply, String> {
+        let trust = MemberTrust::new(root.clone(), &[Role::Member], RevokedSerials::new());
+        let cfg =
+            quic::client_config(Some(tls), ServerTrust::Members(trust), &[ALPN_RAFT]).unwrap();
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let exchange = async {
+            let conn = ep
+                .connect_with(cfg, target, quic::SERVER_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let req = RaftRequest::Vote(openraft::raft::VoteRequest {
+                vote: openraft::Vote::new(1000, claimed),
+                last_log_id: None,
+            });
+            write_frame(&mut send, &req, 1 << 20)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_frame::<_, RaftReply>(&mut recv, 1 << 20)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no reply".to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    #[test]
+    fn strangers_and_non_members_cannot_speak_raft_or_move_the_group() {
+        let c = Cluster::with_peers(2);
+        let before = c.wait_status("p1 leads two", |s| {
+            leader_of(s).as_deref() == Some("p1")
+                && s["members"].as_array().is_some_and(|m| m.len() == 2)
+        });
+        let root = PublicKey::load_pem(&c.root_key()).unwrap();
+        let target = c.peers["p2"].addr;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            // Certified by another root: the TLS handshake itself fails.
+            let fake_root = Identity::generate(2048).unwrap();
+            let mallory = Identity::generate(2048).unwrap();
+            let forged = Certificate::issue(
+                &fake_root,
+                CertBody {
+                    name: "mallory".into(),
+                    role: Role::Member,
+                    spki_der: mallory.public().spki_der().to_vec(),
+                    serial: 1,
+                    issued_at_ms: 0,
+                },
+            )
+            .unwrap();
+            let tls = TlsIdentity::new(&mallory, Some(&forged)).unwrap();
+            let r = raft_vote(target, &tls, &root, mallory.fingerprint().node_id()).await;
+            assert!(r.is_err(), "a foreign certificate got a Raft reply: {r:?}");
+
+            // Really registered, but never admitted: refused after the handshake.
+            let eve = Identity::generate(2048).unwrap();
+            let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let km = KeymanagerClient::connect(&ep, c.km_addr, &root)
+                .await
+                .unwrap();
+            let cert = km.register(&eve, "eve", Role::Member, None).await.unwrap();
+            let tls = TlsIdentity::new(&eve, Some(cert.certificate())).unwrap();
+            let r = raft_vote(target, &tls, &root, eve.fingerprint().node_id()).await;
+            assert!(
+                matches!(&r, Ok(RaftReply::Refused(why)) if why.contains("not a member")),
+                "a non-member was heard: {r:?}"
+            );
+            // Claiming a member's node id does not help either.
+            let p1_id = {
+                let id = Identity::load_pem(&c.path().join("peers/p1/identity.pem")).unwrap();
+                id.fingerprint().node_id()
+            };
+            let r = raft_vote(target, &tls, &root, p1_id).await;
+            assert!(
+                matches!(&r, Ok(RaftReply::Refused(why)) if why.contains("node id")),
+                "a request under another node's id was heard: {r:?}"
+            );
+        });
+        // Nothing moved: same leader, same term.
+        let after = c.status();
+        assert_eq!(leader_of(&after).as_deref(), Some("p1"));
+        assert_eq!(after["term"], before["term"]);
+    }
 }

@@ -2,6 +2,7 @@
 //! to admit us.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conclave_shared::cert::VerifiedCert;
@@ -42,6 +43,8 @@ pub struct JoinCtx<'a> {
     pub data_dir: &'a Path,
     pub deadline: Duration,
     pub shutdown: &'a CancellationToken,
+    /// The leader this member asked for admission; shared with the server.
+    pub admitter: &'a AtomicU64,
 }
 
 /// The group id this member founded, if it founded one.
@@ -74,17 +77,25 @@ pub async fn join(c: JoinCtx<'_>) -> Result<Joined, PeerError> {
             }
             Ok(FromProxy::Leader(info)) => {
                 let mut addr = info.addr.clone();
+                let mut expect = Some(info.node_id);
                 // Follow at most a couple of redirects before asking the proxy again.
                 for _ in 0..3 {
+                    // Only the member we ask to admit us may replicate to us before we hold
+                    // a membership of our own (see `server`).
+                    let leader = match c.peers.connect(&addr, expect).await {
+                        Ok(id) => id,
+                        Err(e) => {
+                            last_error = e;
+                            break;
+                        }
+                    };
+                    c.admitter.store(leader, Ordering::SeqCst);
                     let req = ToPeer::Admit {
                         cert: c.cert.certificate().clone(),
                         addr: c.me.addr.clone(),
                     };
-                    match c
-                        .peers
-                        .request(&addr, &req, Duration::from_millis(ADMIT_TIMEOUT_MS + 5_000))
-                        .await
-                    {
+                    let timeout = Duration::from_millis(ADMIT_TIMEOUT_MS + 5_000);
+                    match c.peers.request(&addr, Some(leader), &req, timeout).await {
                         Ok(FromPeer::Admitted {
                             role,
                             leader,
@@ -100,7 +111,10 @@ pub async fn join(c: JoinCtx<'_>) -> Result<Joined, PeerError> {
                         }
                         Ok(FromPeer::NotLeader {
                             leader: Some((_, a)),
-                        }) => addr = a,
+                        }) => {
+                            addr = a;
+                            expect = None;
+                        }
                         Ok(FromPeer::Error {
                             message,
                             retry: false,

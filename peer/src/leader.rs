@@ -86,7 +86,11 @@ pub async fn run(
                 let Some(job) = job else { return };
                 let reply = if ctx.status.is_leader() {
                     match tokio::time::timeout(Duration::from_millis(ADMIT_TIMEOUT_MS), ctx.admit(&job)).await {
-                        Ok(Ok(r)) => r,
+                        Ok(Ok(r)) => {
+                            // The proxy learns the new member list now, not a second later.
+                            ctx.announce().await;
+                            r
+                        }
                         Ok(Err(e)) => {
                             warn!(name = job.cert.name(), "admission failed: {e}");
                             FromPeer::Error { message: e.to_string(), retry: true }

@@ -118,7 +118,11 @@ impl RaftConn {
         if encoded.len() > MAX_REQUEST_BYTES {
             return Err(CallError::TooLarge);
         }
-        let conn = self.connection().await?;
+        // A dead peer must come back as Unreachable (openraft then backs off) rather than as
+        // a timeout of every heartbeat.
+        let conn = tokio::time::timeout(ttl, self.connection())
+            .await
+            .map_err(|_| CallError::Unreachable(format!("no connection within {ttl:?}")))??;
         let exchange = async {
             let (mut send, mut recv) = conn
                 .open_bi()

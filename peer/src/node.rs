@@ -98,7 +98,7 @@ pub async fn run(
                 &shutdown,
             )
             .await?;
-            if !once {
+            if !once || shutdown.is_cancelled() {
                 return Ok(());
             }
             // Founded a group the proxy does not serve: drop it and join the real one.
@@ -199,6 +199,7 @@ async fn run_once(
         chain: chain.clone(),
     };
     let (admit_tx, admit_rx) = mpsc::channel(16);
+    let admitter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tasks.spawn(
         server::serve(
             ServerCtx {
@@ -207,6 +208,7 @@ async fn run_once(
                 trust: callers,
                 admit: admit_tx,
                 status: status.clone(),
+                admitter: admitter.clone(),
             },
             endpoint.clone(),
             stop.clone(),
@@ -279,6 +281,7 @@ async fn run_once(
             data_dir: &opts.data_dir,
             deadline: Duration::from_millis(JOIN_DEADLINE_MS),
             shutdown: &stop,
+            admitter: &admitter,
         });
         let j = tokio::select! {
             j = j => j,
@@ -305,7 +308,7 @@ async fn run_once(
     tokio::select! {
         _ = ready => {}
         _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
-        _ = rejoin_rx.recv() => return shut_down(raft, tasks, true).await,
+        Some(()) = rejoin_rx.recv() => return shut_down(raft, tasks, true).await,
     }
     let _ = events.send(joined_event(&status, &chain, joined)).await;
 
@@ -330,7 +333,7 @@ async fn run_once(
     let rejoin = tokio::select! {
         _ = &mut writing => false,
         _ = stop.cancelled() => false,
-        _ = rejoin_rx.recv() => true,
+        Some(()) = rejoin_rx.recv() => true,
     };
     shut_down(raft, tasks, rejoin).await
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use conclave_shared::identity::NodeId;
 use conclave_shared::quic::{self, MemberTrust};
 use conclave_shared::wire::peer::{self as peerwire, FromPeer, ToPeer};
 use conclave_shared::wire::{read_frame, write_frame};
@@ -14,7 +15,7 @@ pub struct PeerLink {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     trust: MemberTrust,
-    conn: Option<(String, quinn::Connection)>,
+    conn: Option<(String, NodeId, quinn::Connection)>,
 }
 
 impl PeerLink {
@@ -27,10 +28,22 @@ impl PeerLink {
         }
     }
 
-    async fn connection(&mut self, addr: &str) -> Result<quinn::Connection, String> {
-        if let Some((a, c)) = &self.conn {
-            if a == addr && c.close_reason().is_none() {
-                return Ok(c.clone());
+    /// Connects to `addr` (or reuses the connection) and returns who answered. With `expect`,
+    /// a member answering with another key than that node's is refused: an address alone
+    /// proves nothing.
+    pub async fn connect(&mut self, addr: &str, expect: Option<NodeId>) -> Result<NodeId, String> {
+        let (_, id) = self.connection(addr, expect).await?;
+        Ok(id)
+    }
+
+    async fn connection(
+        &mut self,
+        addr: &str,
+        expect: Option<NodeId>,
+    ) -> Result<(quinn::Connection, NodeId), String> {
+        if let Some((a, id, c)) = &self.conn {
+            if a == addr && c.close_reason().is_none() && expect.is_none_or(|e| e == *id) {
+                return Ok((c.clone(), *id));
             }
         }
         let sock: SocketAddr = addr
@@ -44,19 +57,30 @@ impl PeerLink {
             .await
             .map_err(|_| format!("{addr}: connect timed out"))?
             .map_err(|e| format!("{addr}: {e}"))?;
-        quic::peer_cert(&conn, &self.trust).map_err(|e| format!("{addr}: {e}"))?;
-        self.conn = Some((addr.to_owned(), conn.clone()));
-        Ok(conn)
+        let who = quic::peer_cert(&conn, &self.trust).map_err(|e| format!("{addr}: {e}"))?;
+        let id = who.fingerprint().node_id();
+        if let Some(e) = expect {
+            if e != id {
+                conn.close(1u32.into(), b"not the member expected");
+                return Err(format!(
+                    "{addr} answered as {} (node {id}), not node {e}",
+                    who.name()
+                ));
+            }
+        }
+        self.conn = Some((addr.to_owned(), id, conn.clone()));
+        Ok((conn, id))
     }
 
     /// Sends one request to the member at `addr` and waits up to `timeout` for the answer.
     pub async fn request(
         &mut self,
         addr: &str,
+        expect: Option<NodeId>,
         req: &ToPeer,
         timeout: Duration,
     ) -> Result<FromPeer, String> {
-        let conn = self.connection(addr).await?;
+        let (conn, _) = self.connection(addr, expect).await?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, req, peerwire::MAX_REQUEST_BYTES)

@@ -5,6 +5,7 @@
 //! revocations. Here, after the handshake, the caller's role must fit the protocol, and on
 //! Raft the caller must be a current member and every request's node id its own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct ServerCtx {
     pub trust: MemberTrust,
     pub admit: mpsc::Sender<AdmitJob>,
     pub status: StatusSource,
+    /// The leader a joining member asked to admit it (0: none). Before this member holds a
+    /// Raft membership, only that leader may replicate to it.
+    pub admitter: Arc<AtomicU64>,
 }
 
 pub async fn serve(ctx: ServerCtx, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
@@ -121,12 +125,14 @@ async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, stop: Cancellatio
 }
 
 /// Whether `node` may speak Raft to us: it is in our current Raft membership, or we have no
-/// membership yet (a new learner hears first from the leader that added it).
-fn is_member(raft: &Raft, node: NodeId) -> bool {
-    let m = raft.metrics().borrow().membership_config.clone();
+/// membership yet and it is the leader we asked to admit us.
+fn is_member(ctx: &ServerCtx, node: NodeId) -> bool {
+    let m = ctx.raft.metrics().borrow().membership_config.clone();
     let membership = m.membership();
-    let mut nodes = membership.nodes().peekable();
-    nodes.peek().is_none() || membership.get_node(&node).is_some()
+    if membership.nodes().next().is_none() {
+        return node != 0 && ctx.admitter.load(Ordering::SeqCst) == node;
+    }
+    membership.get_node(&node).is_some()
 }
 
 async fn raft_connection(
@@ -168,7 +174,7 @@ async fn raft_connection(
                 caller, "raft request with another node's id"
             );
             RaftReply::Refused("the request's node id is not the caller's".into())
-        } else if !is_member(&ctx.raft, caller) {
+        } else if !is_member(&ctx, caller) {
             warn!(caller, "raft request from a non-member");
             RaftReply::Refused("not a member of this group".into())
         } else {

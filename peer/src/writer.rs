@@ -60,6 +60,13 @@ impl Writer {
         commands: &mut mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
+        // Never reuse a sequence number the chain already holds for us (say, the outbox was
+        // restored from an older copy): the chain would take new records for duplicates.
+        if let Some(me) = self.chain.member(&self.name) {
+            if let Err(e) = self.outbox.advance_next_seq(me.next_seq) {
+                self.error(format!("cannot update the outbox: {e}")).await;
+            }
+        }
         let mut inflight: Option<InFlight> = match self.outbox.inflight() {
             Ok(Some((bytes, seqs))) => {
                 info!(
@@ -284,19 +291,38 @@ impl Submitter {
         if self.status.is_leader() {
             return Ok(crate::server::submit(&self.raft, bytes.to_vec()).await);
         }
-        let m = self.raft.metrics().borrow().clone();
-        let leader = m
-            .current_leader
-            .and_then(|id| m.membership_config.membership().get_node(&id).cloned())
-            .ok_or_else(|| "no leader known".to_string())?;
-        self.peers
-            .request(
-                &leader.addr,
-                &ToPeer::Submit {
-                    batch: bytes.to_vec(),
-                },
-                Duration::from_millis(SUBMIT_TIMEOUT_MS),
-            )
-            .await
+        let mut metrics = self.raft.metrics();
+        let (leader_id, leader) = {
+            let m = metrics.borrow_and_update();
+            let id = m.current_leader;
+            let node = id.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+            (id, node)
+        };
+        let leader = leader.ok_or_else(|| "no leader known".to_string())?;
+        let submit = ToPeer::Submit {
+            batch: bytes.to_vec(),
+        };
+        let request = self.peers.request(
+            &leader.addr,
+            leader_id,
+            &submit,
+            Duration::from_millis(SUBMIT_TIMEOUT_MS),
+        );
+        // If the leader changes meanwhile (it died, say), stop waiting on it and resend to
+        // the new one; the batch is the same, so a commit by the old one is a duplicate.
+        let leader_changed = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                if metrics.borrow_and_update().current_leader != leader_id {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = request => r,
+            _ = leader_changed => Err("the leader changed".into()),
+        }
     }
 }

@@ -155,7 +155,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("status never showed {what}; last: {last:#}");
+        let mut logs = format!("proxy:\n{}\n", self.proxy.stderr_tail(30));
+        for (n, p) in &self.peers {
+            logs.push_str(&format!("{n}:\n{}\n", p.proc.stderr_tail(30)));
+        }
+        panic!("status never showed {what}; last: {last:#}\n{logs}");
     }
 
     /// Runs `conclave verify`-like checking in-process is not possible from here; this reads
@@ -176,4 +180,101 @@ fn start_server(dir: &Path, args: &[&str], role: &str) -> (Proc, SocketAddr) {
         .and_then(|a| a.parse().ok())
         .expect("listening addr");
     (p, addr)
+}
+
+impl Cluster {
+    /// Stops peer `name` with SIGTERM and checks that it exits 0.
+    pub fn stop(&mut self, name: &str) {
+        let mut p = self
+            .peers
+            .remove(name)
+            .unwrap_or_else(|| panic!("no peer {name}"));
+        let status = p.proc.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{name} did not stop cleanly:\n{}",
+            p.proc.stderr_tail(40)
+        );
+    }
+
+    /// Stops every running peer cleanly.
+    pub fn stop_all(&mut self) {
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for n in names {
+            self.stop(&n);
+        }
+    }
+
+    /// Reads a stopped peer's stored chain, verifying it with the root key as it opens, and
+    /// checks it with `verify_chain` once more. Returns the blocks.
+    pub fn chain_of(&self, name: &str) -> Vec<conclave_shared::chain::StoredBlock> {
+        let root =
+            conclave_shared::identity::PublicKey::load_pem(&self.root_key()).expect("root key");
+        let dir = self
+            .path()
+            .join("peers")
+            .join(name)
+            .join(conclave_peer::node::STORE_DIR);
+        let store = conclave_peer::store::Store::open(&dir, root.clone())
+            .unwrap_or_else(|e| panic!("{name}'s store does not open: {e}"));
+        let chain = store.chain;
+        let Some((head, _)) = chain.head() else {
+            return Vec::new();
+        };
+        let mut blocks = Vec::new();
+        while (blocks.len() as u64) <= head {
+            let got = chain
+                .blocks(blocks.len() as u64, head)
+                .expect("read blocks");
+            assert!(!got.is_empty(), "blocks missing below the head of {name}");
+            blocks.extend(got);
+        }
+        let summary = conclave_shared::chain::verify_chain(
+            &root,
+            blocks
+                .iter()
+                .cloned()
+                .map(Ok::<_, std::convert::Infallible>),
+        )
+        .unwrap_or_else(|f| panic!("{name}'s chain fails verification: {f:?}"));
+        assert_eq!(summary.count, head + 1);
+        blocks
+    }
+}
+
+/// Every (author, seq) in a chain's record blocks, in chain order.
+pub fn record_ids(blocks: &[conclave_shared::chain::StoredBlock]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for b in blocks {
+        if let conclave_shared::chain::BlockBody::Records(batch) = &b.block.body {
+            for r in &batch.records {
+                out.push((batch.author.clone(), r.seq));
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that the named chains are identical, saying where they part if not.
+pub fn assert_same_chains(chains: &[(&str, Vec<conclave_shared::chain::StoredBlock>)]) {
+    let (first_name, first) = &chains[0];
+    for (name, ch) in &chains[1..] {
+        if ch == first {
+            continue;
+        }
+        let split = ch.iter().zip(first.iter()).position(|(a, b)| a != b);
+        panic!(
+            "{name} ({} blocks) and {first_name} ({} blocks) differ{}",
+            ch.len(),
+            first.len(),
+            match split {
+                Some(h) => format!(
+                    " at height {h}: {:?} vs {:?}",
+                    ch[h].block.header, first[h].block.header
+                ),
+                None => " in length only (one is a prefix of the other)".into(),
+            }
+        );
+    }
 }

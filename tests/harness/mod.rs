@@ -128,6 +128,13 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The last `n` lines of stderr, for failure messages.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let all = self.stderr();
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// The next stdout line, or None at the deadline or when stdout closed.
     pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
         match self.lines.recv_timeout(timeout) {
