@@ -436,3 +436,136 @@ mod strangers {
         assert_eq!(after["term"], before["term"]);
     }
 }
+
+fn committed_count(c: &mut Cluster, name: &str) -> usize {
+    let p = c.peer(name);
+    p.proc.drain();
+    committed(&p.proc.seen_events()).len()
+}
+
+fn wait_committed(c: &mut Cluster, name: &str, n: usize) {
+    let until = Instant::now() + DEADLINE;
+    while committed_count(c, name) < n {
+        assert!(
+            Instant::now() < until,
+            "{name} committed fewer than {n}\n{}",
+            c.peer(name).proc.stderr_tail(30)
+        );
+        let _ = c.peer(name).proc.next_line(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn exit_commands_and_signals_stop_a_peer_cleanly_and_end_of_input_does_not() {
+    let mut c = Cluster::with_peers(4);
+    // End of input does not stop a peer: p2 goes on receiving records.
+    c.peer("p2").proc.close_stdin();
+    c.peer("p1").proc.send_line("after p2's input ended");
+    wait_records(&mut c, &["p2"], 1);
+    // Ctrl-C, /exit and $exit stop a peer with exit code 0, without leaving the group.
+    let mut p2 = c.peers.remove("p2").unwrap();
+    assert_eq!(
+        p2.proc.interrupt().code(),
+        Some(0),
+        "{}",
+        p2.proc.stderr_tail(20)
+    );
+    for (name, cmd) in [("p3", "/exit"), ("p4", "$exit")] {
+        let mut p = c.peers.remove(name).unwrap();
+        p.proc.send_line(cmd);
+        assert_eq!(
+            p.proc.wait_exit_status().code(),
+            Some(0),
+            "{name}: {}",
+            p.proc.stderr_tail(20)
+        );
+    }
+    // They are unreachable members now, not removed ones.
+    let s = c.wait_status("p2, p3, p4 unreachable but listed", |s| {
+        let m = s["members"].as_array().unwrap();
+        m.len() == 4 && m.iter().filter(|x| x["reachable"] == false).count() == 3
+    });
+    assert_eq!(leader_of(&s).as_deref(), Some("p1"));
+}
+
+#[test]
+fn acknowledged_records_survive_kill_9_of_every_peer() {
+    let mut c = Cluster::with_peers(3);
+    c.wait_status("three members", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    for i in 1..=20 {
+        c.peer("p2")
+            .proc
+            .send_line(&format!("before the blackout {i}"));
+    }
+    wait_committed(&mut c, "p2", 20);
+    let addrs: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| (*n, c.kill9(n)))
+        .collect();
+    for (name, addr) in &addrs {
+        c.start_peer(name, Some(*addr));
+    }
+    c.peer("p3").proc.send_line("after the blackout");
+    wait_committed(&mut c, "p3", 1);
+    c.wait_status("three equal heads after the restart", |s| {
+        let m = s["members"].as_array().unwrap();
+        leader_of(s).is_some()
+            && m.iter()
+                .all(|x| x["reachable"] == true && x["hash"] == m[0]["hash"])
+    });
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| (*n, c.chain_of(n)))
+        .collect();
+    assert_same_chains(&chains);
+    let ids = record_ids(&chains[0].1);
+    let p2: Vec<u64> = ids
+        .iter()
+        .filter(|(a, _)| a == "p2")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(p2, (1..=20).collect::<Vec<_>>());
+    assert!(ids.contains(&("p3".to_string(), 1)));
+}
+
+#[test]
+fn a_member_that_founded_a_group_the_proxy_does_not_serve_drops_it_and_joins() {
+    let mut c = Cluster::with_peers(1);
+    let p1_addr = c.kill9("p1");
+    // The proxy loses its group state (it keeps its identity): p2 founds a new group there.
+    c.proxy.kill9();
+    let (old, new) = (c.path().join("proxy"), c.path().join("proxy-new"));
+    std::fs::create_dir_all(&new).unwrap();
+    for f in [conclave_proxy::IDENTITY_FILE, conclave_proxy::CERT_FILE] {
+        std::fs::copy(old.join(f), new.join(f)).unwrap();
+    }
+    let mut cmd = harness::conclave(c.path());
+    cmd.args([
+        "--json",
+        "proxy",
+        "--listen",
+        &c.proxy_addr.to_string(),
+        "--data",
+        "proxy-new",
+        "--keymanager",
+        &c.km_addr.to_string(),
+    ]);
+    c.proxy = harness::Proc::spawn(&mut cmd);
+    c.proxy.wait_event("listening", |_| true);
+    c.start_peer("p2", None);
+    c.wait_joined("p2");
+    // p1 comes back leading its old one-member group; the proxy says it serves another.
+    c.start_peer("p1", Some(p1_addr));
+    let j = c
+        .peer("p1")
+        .proc
+        .wait_event("joined", |v| v["leader"] == "p2");
+    assert_eq!(j["members"], 2, "{j}");
+    c.wait_status("one group of two led by p2", |s| {
+        leader_of(s).as_deref() == Some("p2")
+            && s["members"].as_array().is_some_and(|m| m.len() == 2)
+    });
+}

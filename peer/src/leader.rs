@@ -32,6 +32,8 @@ pub const ANNOUNCE_INTERVAL_MS: u64 = 1_000;
 /// How long admitting one member may take (catching up included) before the joiner is told
 /// to retry.
 pub const ADMIT_TIMEOUT_MS: u64 = 60_000;
+/// How long a new leader waits to apply its log before taking up its duties.
+pub const ELECTED_CATCH_UP_MS: u64 = 30_000;
 
 pub struct LeaderCtx {
     pub identity: Arc<Identity>,
@@ -159,6 +161,17 @@ impl LeaderCtx {
     /// A new leader first makes the chain whole: the genesis if this member founded the group
     /// and crashed before writing it, and its own admission.
     async fn on_elected(&self, _term: u64) -> Result<(), PeerError> {
+        // Decide nothing from a chain that lags the log: wait until every entry this leader
+        // holds (its own blank entry of the new term included) is applied.
+        let last = self.raft.metrics().borrow().last_log_index;
+        self.raft
+            .wait(Some(Duration::from_millis(ELECTED_CATCH_UP_MS)))
+            .metrics(
+                |m| m.last_applied.map(|l| l.index) >= last,
+                "the new leader applies its log",
+            )
+            .await
+            .map_err(|e| PeerError::Raft(e.to_string()))?;
         if self.chain.head().is_none() {
             let Some(group_id) = crate::join::founded_group(&self.data_dir) else {
                 return Err(PeerError::Internal(

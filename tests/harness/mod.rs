@@ -174,6 +174,17 @@ impl Proc {
         self.wait_status(DEADLINE)
     }
 
+    /// Sends SIGINT (Ctrl-C) and waits for the exit status.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal("-INT");
+        self.wait_status(DEADLINE)
+    }
+
+    /// Waits for the process to exit by itself (say, after `/exit`).
+    pub fn wait_exit_status(&mut self) -> ExitStatus {
+        self.wait_status(DEADLINE)
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(c) = self.child.as_mut() {
