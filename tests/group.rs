@@ -429,6 +429,24 @@ mod strangers {
                 matches!(&r, Ok(RaftReply::Refused(why)) if why.contains("node id")),
                 "a request under another node's id was heard: {r:?}"
             );
+            // Nor may a non-member append, even with a batch it signed itself.
+            let key = conclave_shared::envelope::GroupKey::generate();
+            let record = conclave_shared::chain::Record::seal(&key, "eve", 1, 1, b"hello").unwrap();
+            let batch = conclave_shared::chain::RecordBatch::sign(&eve, &[0; 16], "eve", vec![record]).unwrap();
+            let trust = MemberTrust::new(root.clone(), &[Role::Member], RevokedSerials::new());
+            let cfg = quic::client_config(Some(&tls), ServerTrust::Members(trust), &[conclave_shared::wire::ALPN_PEER]).unwrap();
+            let conn = ep.connect_with(cfg, c.peers["p1"].addr, quic::SERVER_NAME).unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = conclave_shared::wire::peer::ToPeer::Submit {
+                batch: conclave_shared::codec::Canonical::to_canonical(&batch),
+            };
+            write_frame(&mut send, &req, 1 << 20).await.unwrap();
+            let _ = send.finish();
+            let reply = read_frame::<_, conclave_shared::wire::peer::FromPeer>(&mut recv, 1 << 20).await;
+            assert!(
+                matches!(&reply, Ok(Some(conclave_shared::wire::peer::FromPeer::Error { message, .. })) if message.contains("only a member")),
+                "a non-member's batch was taken: {reply:?}"
+            );
         });
         // Nothing moved: same leader, same term.
         let after = c.status();

@@ -270,7 +270,25 @@ async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPe
                 retry: true,
             })
         }
-        ToPeer::Submit { batch } => submit(&ctx.raft, batch).await,
+        ToPeer::Submit { batch } => {
+            // A member forwards its own batches only, and only while it is a member: anyone
+            // else would just fill the chain with refusals.
+            let author = RecordBatch::from_canonical(&batch).map(|b| b.author);
+            let member = ctx
+                .status
+                .chain
+                .member_by_id(who.fingerprint().node_id())
+                .is_some_and(|m| m.is_present() && !m.revoked);
+            match author {
+                Ok(a) if a == who.name() && member => submit(&ctx.raft, batch).await,
+                Ok(_) if !member => refuse("only a member of this group may append"),
+                Ok(a) => refuse(format!(
+                    "{} may not submit records written by {a}",
+                    who.name()
+                )),
+                Err(_) => refuse("not a record batch"),
+            }
+        }
         other => refuse(format!("unsupported request {other:?}")),
     }
 }
