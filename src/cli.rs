@@ -52,6 +52,9 @@ pub struct ProxyArgs {
     /// The key manager's root public key (default: keymanager.root_key from the config).
     #[arg(long, value_name = "FILE")]
     pub root_key: Option<PathBuf>,
+    /// One-time registration token, for a key manager in invite mode.
+    #[arg(long, value_name = "TOKEN")]
+    pub invite: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

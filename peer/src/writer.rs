@@ -25,8 +25,11 @@ use crate::types::Raft;
 pub const MAX_BATCH_RECORDS: usize = 512;
 /// Plaintext bytes one batch may carry (the sealed batch stays under `MAX_BATCH_BYTES`).
 pub const MAX_BATCH_PLAINTEXT_BYTES: usize = 2 * 1024 * 1024;
-/// Pause before resending after a failure (no leader, leader unreachable).
-pub const RESEND_BACKOFF_MS: u64 = 100;
+/// Pause before resending after a failure (leader unreachable, leader changed).
+pub const RESEND_BACKOFF_MS: u64 = 50;
+/// How long a submission waits for an election to produce a leader before it counts as a
+/// failure (and is retried after the backoff).
+pub const LEADER_WAIT_MS: u64 = 3_000;
 /// How long one submission may wait for its commit before it is resent.
 pub const SUBMIT_TIMEOUT_MS: u64 = 10_000;
 
@@ -288,6 +291,16 @@ impl Submitter {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<FromPeer, String> {
+        // During an election there is no leader for a moment: wait for one rather than
+        // failing and sleeping a fixed backoff.
+        let elected = self
+            .raft
+            .wait(Some(Duration::from_millis(LEADER_WAIT_MS)))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        if elected.is_err() {
+            return Err("no leader known".into());
+        }
         if self.status.is_leader() {
             return Ok(crate::server::submit(&self.raft, bytes.to_vec()).await);
         }

@@ -24,6 +24,7 @@ pub async fn run(args: ProxyArgs, json: bool, config: Config) -> anyhow::Result<
     let root = wait_for_root_key(&root_path, &shutdown).await?;
     let mut opts = ProxyOptions::new(args.data.clone().unwrap_or_else(|| config.proxy_data()));
     opts.key_bits = config.identity.key_bits;
+    opts.invite = args.invite.clone();
     let mut proxy = tokio::task::spawn_blocking(move || Proxy::open(opts)).await??;
     let listen = args.listen.unwrap_or(config.proxy.addr);
     let endpoint =
