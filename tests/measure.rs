@@ -69,6 +69,29 @@ fn logs(c: &Cluster, n: usize) -> String {
     out
 }
 
+/// Prints how many WARN and ERROR lines each running process wrote to stderr, with the last
+/// few of them, so that a measurement that passed still shows what went wrong on the way.
+fn report_warnings(c: &Cluster, test: &str) {
+    let mut procs: Vec<(&str, String)> = vec![("proxy", c.proxy.stderr())];
+    for (name, p) in &c.peers {
+        procs.push((name, p.proc.stderr()));
+    }
+    for (name, err) in procs {
+        let bad: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        println!(
+            "# {test}: {name} stderr: {} lines, {} WARN/ERROR",
+            err.lines().count(),
+            bad.len()
+        );
+        for l in &bad[bad.len().saturating_sub(3)..] {
+            println!("#   {l}");
+        }
+    }
+}
+
 /// The next JSON event printed by peer `name`, or None once `until` has passed.
 fn next_event(c: &mut Cluster, name: &str, until: Instant) -> Option<Value> {
     let p = c.peer(name);
@@ -204,15 +227,17 @@ fn commit_latency_one_writer() {
     latency_run(&mut c, "p2", "follower");
     latency_run(&mut c, "p1", "leader");
     let s = c.status();
+    let heights: Vec<String> = members(&s)
+        .iter()
+        .map(|m| format!("{}={}", m["name"].as_str().unwrap_or("?"), m["height"]))
+        .collect();
     println!(
-        "# commit_latency: final status leader={} term={} heights={:?}",
+        "# commit_latency: final status: leader {} term {}, heads {}",
         s["leader"],
         s["term"],
-        members(&s)
-            .iter()
-            .map(|m| (m["name"].clone(), m["height"].clone()))
-            .collect::<Vec<_>>()
+        heights.join(" ")
     );
+    report_warnings(&c, "commit_latency");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,7 +382,7 @@ fn failover_kill_to_next_commit() {
     }
     print_summary(
         "failover kill -9 of leader -> first `committed` on a follower writer of a record sent \
-         after the kill (group of 3, election timeout 300-600ms)",
+         after the kill (group of 3, the default raft timings of config.yml)",
         &to_commit,
     );
     if !to_leader_event.is_empty() {
@@ -366,6 +391,7 @@ fn failover_kill_to_next_commit() {
             &to_leader_event,
         );
     }
+    report_warnings(&c, "failover");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +473,7 @@ fn catch_up_10000_records() {
     let listening = spawned.elapsed();
     let until = spawned + Duration::from_secs(120);
     let mut reached: Option<Duration> = None;
+    let mut first_record: Option<Duration> = None;
     let mut joined: Option<(Duration, Value)> = None;
     let mut records_seen = 0u64;
     let mut max_height = 0u64;
@@ -460,6 +487,7 @@ fn catch_up_10000_records() {
         };
         if ev["event"] == "record" {
             records_seen += 1;
+            first_record.get_or_insert_with(|| spawned.elapsed());
         }
         if ev["event"] == "joined" && joined.is_none() {
             joined = Some((spawned.elapsed(), ev.clone()));
@@ -491,6 +519,17 @@ fn catch_up_10000_records() {
         CATCH_UP_RECORDS as f64 / reached.as_secs_f64(),
         (group_head + 1) as f64 / reached.as_secs_f64()
     );
+    if let Some(first) = first_record {
+        let replay = reached.saturating_sub(first);
+        println!(
+            "MEASURE catch_up p4 spawn -> first `record` event (enrolled, admitted, replay \
+             started): {:.0}ms; first `record` -> block {group_head} applied: {:.0}ms \
+             = {:.1} records/s",
+            ms(first),
+            ms(replay),
+            CATCH_UP_RECORDS as f64 / replay.as_secs_f64().max(1e-6)
+        );
+    }
     println!(
         "MEASURE catch_up p4 spawn -> `joined` (holds the key from the rotation after its \
          admission, so it has applied everything before): {:.0}ms ({joined_ev})",
@@ -503,4 +542,5 @@ fn catch_up_10000_records() {
         ms(settled_at)
     );
     println!("# catch_up: p4 printed {records_seen} record events before `joined`/head");
+    report_warnings(&c, "catch_up");
 }

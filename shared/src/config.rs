@@ -149,9 +149,9 @@ impl Default for Config {
             },
             identity: IdentityConfig { key_bits: 2048 },
             raft: RaftConfig {
-                heartbeat_ms: 75,
-                election_timeout_min_ms: 300,
-                election_timeout_max_ms: 600,
+                heartbeat_ms: 50,
+                election_timeout_min_ms: 150,
+                election_timeout_max_ms: 300,
             },
             group: GroupConfig {
                 max_voters: 5,
@@ -308,7 +308,7 @@ mod tests {
         c.identity.key_bits = 1024;
         assert_eq!(field_of(c.validate().unwrap_err()), "identity.key_bits");
         let mut c = Config::default();
-        c.raft.election_timeout_min_ms = 50;
+        c.raft.election_timeout_min_ms = 40;
         assert_eq!(
             field_of(c.validate().unwrap_err()),
             "raft.election_timeout_min_ms"
