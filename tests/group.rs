@@ -587,3 +587,43 @@ fn a_member_that_founded_a_group_the_proxy_does_not_serve_drops_it_and_joins() {
             && s["members"].as_array().is_some_and(|m| m.len() == 2)
     });
 }
+
+#[test]
+fn a_name_taken_by_another_key_is_exit_1_saying_so() {
+    let mut c = Cluster::with_peers(1);
+    // Same name, another data directory: another key.
+    let mut cmd = harness::conclave(c.path());
+    cmd.args([
+        "--json",
+        "peer",
+        "--name",
+        "p1",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        "elsewhere/p1",
+        "--keymanager",
+        &c.km_addr.to_string(),
+        "--proxy",
+        &c.proxy_addr.to_string(),
+    ]);
+    let out = harness::run(cmd);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("registered to another key"),
+        "{}",
+        out.stderr
+    );
+    // The real p1 is untouched and still leads.
+    let s = c.status();
+    assert_eq!(leader_of(&s).as_deref(), Some("p1"));
+    c.peer("p1").proc.send_line("still here");
+    wait_records(&mut c, &["p1"], 1);
+    // Its key file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(c.path().join("peers/p1/identity.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
