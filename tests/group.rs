@@ -211,6 +211,28 @@ fn the_leader_fails_over_appends_go_on_and_a_later_peer_joins_the_new_leader() {
     assert_eq!(record_ids(&chains[0].1).len(), 3);
 }
 
+/// The highest height among a peer's `committed` events.
+fn last_committed_height(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .filter(|e| e["event"] == "committed")
+        .filter_map(|e| e["height"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every reachable member's head is at or past `h`, and all are equal. Stopping peers only
+/// after this makes sure followers applied what the leader committed (they learn of a commit
+/// from the leader's next message).
+fn heads_at_least(s: &Value, h: u64, reachable: usize) -> bool {
+    let m = s["members"].as_array().unwrap();
+    let up: Vec<&Value> = m.iter().filter(|x| x["reachable"] == true).collect();
+    up.len() == reachable
+        && up
+            .iter()
+            .all(|x| x["hash"] == up[0]["hash"] && x["height"].as_u64() >= Some(h))
+}
+
 /// Committed seqs a peer printed.
 fn committed(events: &[Value]) -> Vec<u64> {
     events
@@ -288,11 +310,13 @@ fn every_record_is_in_every_chain_exactly_once_through_leader_and_author_crashes
         );
         let _ = p.proc.next_line(Duration::from_millis(100));
     };
-    c.wait_status("three equal heads", |s| {
-        let m = s["members"].as_array().unwrap();
-        m.iter().filter(|x| x["reachable"] == true).count() == 3
-            && m.iter()
-                .all(|x| x["reachable"] != true || x["hash"] == m[0]["hash"])
+    let h = ["p2", "p3"]
+        .iter()
+        .map(|n| last_committed_height(&c.peer(n).proc.seen_events()))
+        .max()
+        .unwrap();
+    c.wait_status("three equal heads past every commit", |s| {
+        heads_at_least(s, h, 3)
     });
     c.stop_all();
 
@@ -527,11 +551,9 @@ fn acknowledged_records_survive_kill_9_of_every_peer() {
     }
     c.peer("p3").proc.send_line("after the blackout");
     wait_committed(&mut c, "p3", 1);
+    let h = last_committed_height(&c.peer("p3").proc.seen_events());
     c.wait_status("three equal heads after the restart", |s| {
-        let m = s["members"].as_array().unwrap();
-        leader_of(s).is_some()
-            && m.iter()
-                .all(|x| x["reachable"] == true && x["hash"] == m[0]["hash"])
+        leader_of(s).is_some() && heads_at_least(s, h, 3)
     });
     c.stop_all();
     let chains: Vec<_> = ["p1", "p2", "p3"]

@@ -544,3 +544,151 @@ fn catch_up_10000_records() {
     println!("# catch_up: p4 printed {records_seen} record events before `joined`/head");
     report_warnings(&c, "catch_up");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Installing a snapshot of 10,000 records
+
+const SNAPSHOT_RECORDS: u64 = 10_000;
+
+/// A field `name=value` of a log line, as a number.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+#[ignore = "measurement: run with --ignored --nocapture"]
+fn snapshot_install_10000_records() {
+    // Snapshots every 1,000 entries, 100 kept behind them: a newcomer needs a snapshot.
+    let shipped = include_str!("../config.yml");
+    let config = shipped
+        .replace(
+            "snapshot_every_entries: 10000",
+            "snapshot_every_entries: 1000",
+        )
+        .replace("keep_log_entries: 1000", "keep_log_entries: 100");
+    assert_ne!(config, shipped);
+    let (mut c, config) = Cluster::with_peers_config(3, &config);
+    let config = config.to_str().expect("path").to_owned();
+    wait_status_for(&c, "three settled members", Duration::from_secs(120), |s| {
+        settled(s, 3)
+    });
+
+    // Each of p1..p3 writes one line at a time and waits for its `committed`: one record per
+    // batch, so 10,000 records in about 10,000 blocks (the most signatures to verify).
+    let writers = ["p1", "p2", "p3"];
+    let quota = |i: usize| SNAPSHOT_RECORDS / 3 + u64::from((i as u64) < SNAPSHOT_RECORDS % 3);
+    let (mut sent, mut done, mut busy) = ([0u64; 3], [0u64; 3], [false; 3]);
+    let mut last_height = 0u64;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(1800);
+    while done.iter().sum::<u64>() < SNAPSHOT_RECORDS {
+        assert!(
+            Instant::now() < until,
+            "{done:?} of {SNAPSHOT_RECORDS} committed within 1800s\n{}",
+            logs(&c, 30)
+        );
+        for (i, w) in writers.iter().enumerate() {
+            if !busy[i] && sent[i] < quota(i) {
+                sent[i] += 1;
+                busy[i] = true;
+                c.peer(w)
+                    .proc
+                    .send_line(&format!("{w} record {}, some text to carry", sent[i]));
+            }
+        }
+        let mut moved = false;
+        for (i, w) in writers.iter().enumerate() {
+            while let Some(line) = c.peer(w).proc.next_line(Duration::ZERO) {
+                let Ok(ev) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                match ev["event"].as_str() {
+                    Some("committed") => {
+                        done[i] += 1;
+                        busy[i] = false;
+                        moved = true;
+                        last_height = last_height.max(ev["height"].as_u64().unwrap_or(0));
+                    }
+                    Some("refused") | Some("error") => {
+                        panic!("{w} printed {ev}\n{}", logs(&c, 30))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let written = started.elapsed();
+    println!(
+        "MEASURE snapshot_setup {SNAPSHOT_RECORDS} records, one per batch from 3 writers: \
+         committed in {:.0}ms = {:.1} records/s; head at height {last_height}",
+        ms(written),
+        SNAPSHOT_RECORDS as f64 / written.as_secs_f64()
+    );
+    wait_status_for(
+        &c,
+        "three equal heads at the last record",
+        Duration::from_secs(120),
+        |s| {
+            settled(s, 3)
+                && members(s)
+                    .iter()
+                    .all(|m| m["height"].as_u64().is_some_and(|h| h >= last_height))
+        },
+    );
+
+    let spawned = Instant::now();
+    c.start_peer_with("p4", None, &["--config", &config]);
+    let until = spawned + Duration::from_secs(600);
+    let installed = loop {
+        let Some(ev) = next_event(&mut c, "p4", until) else {
+            panic!(
+                "no `snapshot_installed` on p4 within 600s\n{}",
+                logs(&c, 40)
+            );
+        };
+        if ev["event"] == "snapshot_installed" {
+            break ev;
+        }
+    };
+    let to_installed = spawned.elapsed();
+    let s = wait_status_for(&c, "four equal heads", Duration::from_secs(600), |s| {
+        settled(s, 4)
+            && members(s)
+                .iter()
+                .all(|m| m["height"].as_u64().is_some_and(|h| h >= last_height))
+    });
+    let to_settled = spawned.elapsed();
+    let log = c.peer("p4").proc.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("snapshot verified and handed to Raft"))
+        .unwrap_or("")
+        .to_owned();
+    let field = |n| log_field(&line, n).map_or("?".to_owned(), |v| v.to_string());
+    println!(
+        "MEASURE snapshot_install p4: snapshot at height {} ({} blocks, {} bytes): \
+         received in {}ms, verified in {}ms, installed in {}ms (p4's own log)",
+        installed["height"],
+        field("blocks"),
+        field("len"),
+        field("receive_ms"),
+        field("verify_ms"),
+        field("install_ms"),
+    );
+    println!(
+        "MEASURE snapshot_install p4 spawn -> `snapshot_installed`: {:.0}ms; \
+         -> status shows four equal heads at height {} (polled): {:.0}ms",
+        ms(to_installed),
+        members(&s)[0]["height"],
+        ms(to_settled)
+    );
+    report_warnings(&c, "snapshot_install");
+}

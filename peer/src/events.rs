@@ -57,6 +57,12 @@ pub enum Event {
         height: u64,
         hash: String,
     },
+    /// This member's chain was replaced by a snapshot (verified under the root key) up to
+    /// `height`, rather than applied block by block: no `record` or membership events are
+    /// printed for the blocks it brought.
+    SnapshotInstalled {
+        height: u64,
+    },
     Error {
         message: String,
     },

@@ -19,6 +19,11 @@ impl KeyRing {
     pub fn get(&self, epoch: u64) -> Option<&GroupKey> {
         self.keys.get(&epoch).map(|k| k.as_ref())
     }
+    /// Every key held, oldest first.
+    pub fn all(&self) -> impl Iterator<Item = (u64, &GroupKey)> {
+        self.keys.iter().map(|(e, k)| (*e, k.as_ref()))
+    }
+
     /// The newest key, for sealing new records.
     pub fn current(&self) -> Option<(u64, Arc<GroupKey>)> {
         self.keys.iter().next_back().map(|(e, k)| (*e, k.clone()))

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave_shared::cert::{SignedRevocation, VerifiedCert};
 use conclave_shared::chain::{
     sign_as_leader, BlockBody, Genesis, GroupId, KeyRotation, MemberRole, Membership,
     MembershipChange, Rules, WrappedKey,
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::PeerError;
 use crate::link::ProxyLink;
-use crate::server::AdmitJob;
+use crate::server::LeaderJob;
 use crate::status::{role_of, StatusSource};
 use crate::store::ChainReader;
 use crate::types::{Applied, NodeId, PeerNode, Proposal, Raft};
@@ -34,6 +35,10 @@ pub const ANNOUNCE_INTERVAL_MS: u64 = 1_000;
 pub const ADMIT_TIMEOUT_MS: u64 = 60_000;
 /// How long a new leader waits to apply its log before taking up its duties.
 pub const ELECTED_CATCH_UP_MS: u64 = 30_000;
+/// How often a leader asks the key manager for revocations.
+pub const REVOCATION_POLL_MS: u64 = 2_000;
+/// Blocks read at a time when looking back for the last key rotation.
+const LOOKBACK_CHUNK: u64 = 256;
 
 pub struct LeaderCtx {
     pub identity: Arc<Identity>,
@@ -49,13 +54,18 @@ pub struct LeaderCtx {
     pub status: StatusSource,
     /// Told when the proxy says this member's group is not the real one.
     pub rejoin: mpsc::Sender<()>,
+    /// The keys this member holds, to hand earlier epochs to newcomers (`share_history`).
+    pub keys: tokio::sync::watch::Receiver<crate::keyring::KeyRing>,
+    /// Where to poll for revocations.
+    pub keymanager: std::net::SocketAddr,
+    pub endpoint: quinn::Endpoint,
 }
 
-pub async fn run(
-    ctx: LeaderCtx,
-    mut admits: mpsc::Receiver<AdmitJob>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(ctx: LeaderCtx, mut jobs: mpsc::Receiver<LeaderJob>, shutdown: CancellationToken) {
+    // The height this leader last checkpointed (or found checkpointed).
+    let mut checkpointed: Option<u64> = None;
+    let mut revocations = tokio::time::interval(Duration::from_millis(REVOCATION_POLL_MS));
+    revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics = ctx.raft.metrics();
     let mut led_term: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
@@ -82,33 +92,70 @@ pub async fn run(
             _ = tick.tick() => {
                 if ctx.status.is_leader() {
                     ctx.announce().await;
+                    if let Err(e) = ctx.checkpoint(&mut checkpointed).await {
+                        debug!("no checkpoint this time: {e}");
+                    }
                 }
             }
-            job = admits.recv() => {
-                let Some(job) = job else { return };
-                let reply = if ctx.status.is_leader() {
-                    match tokio::time::timeout(Duration::from_millis(ADMIT_TIMEOUT_MS), ctx.admit(&job)).await {
-                        Ok(Ok(r)) => {
-                            // The proxy learns the new member list now, not a second later.
-                            ctx.announce().await;
-                            r
-                        }
-                        Ok(Err(e)) => {
-                            warn!(name = job.cert.name(), "admission failed: {e}");
-                            FromPeer::Error { message: e.to_string(), retry: true }
-                        }
-                        Err(_) => FromPeer::Error { message: "admission timed out".into(), retry: true },
+            _ = revocations.tick() => {
+                if ctx.status.is_leader() {
+                    if let Err(e) = ctx.enforce_revocations().await {
+                        debug!("revocations not enforced this time: {e}");
                     }
-                } else {
-                    ctx.not_leader()
-                };
-                let _ = job.reply.send(reply);
+                }
+            }
+            job = jobs.recv() => {
+                let Some(job) = job else { return };
+                ctx.handle(job).await;
             }
         }
     }
 }
 
 impl LeaderCtx {
+    async fn handle(&self, job: LeaderJob) {
+        let (name, reply, work) = match job {
+            LeaderJob::Admit { cert, addr, reply } => {
+                let name = cert.name().to_owned();
+                (name, reply, Work::Admit(cert, addr))
+            }
+            LeaderJob::Leave { cert, reply } => {
+                let name = cert.name().to_owned();
+                (name, reply, Work::Leave(cert))
+            }
+        };
+        if !self.status.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return;
+        }
+        let outcome = tokio::time::timeout(Duration::from_millis(ADMIT_TIMEOUT_MS), async {
+            match &work {
+                Work::Admit(cert, addr) => self.admit(cert, addr).await,
+                Work::Leave(cert) => self.leave(cert).await,
+            }
+        })
+        .await;
+        let answer = match outcome {
+            Ok(Ok(r)) => {
+                // The proxy learns the new member list now, not a second later.
+                self.announce().await;
+                r
+            }
+            Ok(Err(e)) => {
+                warn!(%name, "membership change failed: {e}");
+                FromPeer::Error {
+                    message: e.to_string(),
+                    retry: true,
+                }
+            }
+            Err(_) => FromPeer::Error {
+                message: "the membership change timed out".into(),
+                retry: true,
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
     /// The group's id: from the chain once it has a genesis, else the one this member was
     /// given to found.
     fn group_id(&self) -> Option<GroupId> {
@@ -133,6 +180,14 @@ impl LeaderCtx {
     /// Signs a system block as this leader and commits it.
     async fn propose_system(&self, mut body: BlockBody) -> Result<Applied, PeerError> {
         let time_ms = conclave_shared::now_ms();
+        // The signature covers `term` and this node's id, and every replica checks them
+        // against the log id openraft gives the entry (`ChainState::apply`). They agree as long
+        // as this node is still the leader of `term` when `client_write` appends the entry
+        // (a leader appends only under its own vote). If it lost that term in between (deposed
+        // and re-elected later, or metrics that lagged), the entry commits under another term,
+        // is refused alike everywhere (`BadLeaderSignature`), and this returns an error below:
+        // acceptable, the caller retries and signs afresh. (A genesis signature is checked only
+        // at the founder's admission; a founder alone in its group keeps its term.)
         let term = self.term();
         let group_id = self
             .group_id()
@@ -191,7 +246,10 @@ impl LeaderCtx {
             self.admit_in_chain(self.status_cert(), self.addr.clone(), MemberRole::Voter)
                 .await?;
         }
-        self.reconcile().await
+        self.reconcile().await?;
+        // A leader that removed itself could not rotate (it must never draw the next key):
+        // the next one does.
+        self.rotate_if_stale().await
     }
 
     fn identity_root_fingerprint(&self) -> conclave_shared::identity::Fingerprint {
@@ -202,15 +260,22 @@ impl LeaderCtx {
         self.proxy.cert.clone()
     }
 
-    /// Openraft may hold members the chain never admitted (a leader died between the two):
-    /// they are dropped from Raft, and rejoin through the proxy.
+    /// Openraft may hold members the chain never admitted (a leader died between the two),
+    /// or members the chain removed (a leader that removed itself stepped down first): they
+    /// are dropped from Raft; the first kind rejoins through the proxy.
     async fn reconcile(&self) -> Result<(), PeerError> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         let membership = m.membership();
         let strays: BTreeSet<NodeId> = membership
             .nodes()
             .map(|(id, _)| *id)
-            .filter(|id| *id != self.node_id && self.chain.member_by_id(*id).is_none())
+            .filter(|id| {
+                *id != self.node_id
+                    && !self
+                        .chain
+                        .member_by_id(*id)
+                        .is_some_and(|m| m.is_present() && !m.revoked)
+            })
             .collect();
         if strays.is_empty() {
             return Ok(());
@@ -251,13 +316,49 @@ impl LeaderCtx {
             leader_sig: Vec::new(),
         }))
         .await?;
-        self.rotate_key().await
+        self.rotate_key_for(Some(&cert)).await
     }
 
     /// Draws a fresh group key and wraps it to every admitted member.
     async fn rotate_key(&self) -> Result<(), PeerError> {
+        self.rotate_key_for(None).await
+    }
+
+    /// As [`Self::rotate_key`]; with `newcomer` and the genesis rule `share_history`, the
+    /// earlier epochs' keys this leader holds are wrapped to the newcomer as well.
+    async fn rotate_key_for(&self, newcomer: Option<&VerifiedCert>) -> Result<(), PeerError> {
         let members = self.chain.admitted_members();
         let epoch = self.chain.epoch() + 1;
+        let share = self.chain.rules().is_some_and(|r| r.share_history);
+        let earlier: Vec<(u64, GroupKey)> = match newcomer {
+            Some(_) if share => self
+                .keys
+                .borrow()
+                .all()
+                .filter(|(e, _)| *e < epoch)
+                .map(|(e, k)| (e, k.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let newcomer = newcomer.map(|c| (c.fingerprint().node_id(), c.public_key().clone()));
+        let history = tokio::task::spawn_blocking(move || {
+            let Some((node_id, key)) = newcomer else {
+                return Ok(Vec::new());
+            };
+            earlier
+                .iter()
+                .map(|(e, k)| {
+                    wrap_key(&key, k).map(|w| conclave_shared::chain::HistoryKey {
+                        node_id,
+                        epoch: *e,
+                        wrapped: w,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| PeerError::Internal(e.to_string()))?
+        .map_err(|e| PeerError::Internal(e.to_string()))?;
         let wrapped = tokio::task::spawn_blocking(move || {
             let key = GroupKey::generate();
             members
@@ -277,14 +378,15 @@ impl LeaderCtx {
         self.propose_system(BlockBody::KeyRotation(KeyRotation {
             epoch,
             wrapped,
+            history,
             leader_sig: Vec::new(),
         }))
         .await?;
         Ok(())
     }
 
-    async fn admit(&self, job: &AdmitJob) -> Result<FromPeer, PeerError> {
-        let cert = job.cert.clone();
+    async fn admit(&self, cert: &VerifiedCert, addr: &str) -> Result<FromPeer, PeerError> {
+        let cert = cert.clone();
         let node_id = cert.fingerprint().node_id();
         let name = cert.name().to_owned();
         let admitted = |role: WireRole, this: &Self| FromPeer::Admitted {
@@ -304,10 +406,10 @@ impl LeaderCtx {
                 return Ok(admitted(role, self));
             }
         }
-        info!(%name, addr = %job.addr, "admitting");
+        info!(%name, %addr, "admitting");
         let node = PeerNode {
             name: name.clone(),
-            addr: job.addr.clone(),
+            addr: addr.to_owned(),
         };
         self.raft
             .add_learner(node_id, node, true)
@@ -321,16 +423,26 @@ impl LeaderCtx {
             .membership()
             .voter_ids()
             .count();
-        let role = if (voters as u32) < self.rules.max_voters {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
-                .await
-                .map_err(|e| PeerError::Raft(e.to_string()))?;
+        // The group's rule, as its genesis fixed it, not this member's config.
+        let max_voters = self
+            .chain
+            .rules()
+            .map_or(self.rules.max_voters, |r| r.max_voters);
+        let role = if (voters as u32) < max_voters {
             MemberRole::Voter
         } else {
             MemberRole::Learner
         };
-        self.admit_in_chain(cert, job.addr.clone(), role).await?;
+        // The chain first, then Raft: a member Raft counts as a voter is always one the chain
+        // admitted, so whoever it elects can sign system blocks. (A crash in between leaves a
+        // chain voter that Raft has as a learner, which is harmless.)
+        self.admit_in_chain(cert, addr.to_owned(), role).await?;
+        if role == MemberRole::Voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(|e| PeerError::Raft(e.to_string()))?;
+        }
         info!(%name, ?role, "admitted");
         Ok(admitted(
             match role {
@@ -407,4 +519,212 @@ impl LeaderCtx {
 /// The map openraft wants for a one-member initialisation.
 pub fn founding_members(node_id: NodeId, node: PeerNode) -> BTreeMap<NodeId, PeerNode> {
     BTreeMap::from([(node_id, node)])
+}
+
+impl LeaderCtx {
+    /// While the chain grows, at most once a tick (a second): a signed checkpoint of the
+    /// last block applied here. Whoever drops, reorders or rewrites blocks and recomputes
+    /// the hashes cannot make the leaders' signatures over the old hashes match.
+    async fn checkpoint(&self, last: &mut Option<u64>) -> Result<(), PeerError> {
+        let Some((height, hash)) = self.chain.head() else {
+            return Ok(());
+        };
+        if *last == Some(height) {
+            return Ok(());
+        }
+        // A checkpoint of a checkpoint says nothing new.
+        if let Ok(Some(b)) = self.chain.block(height) {
+            if matches!(b.block.body, BlockBody::Checkpoint(_)) {
+                *last = Some(height);
+                return Ok(());
+            }
+        }
+        self.propose_system(BlockBody::Checkpoint(conclave_shared::chain::Checkpoint {
+            height,
+            hash,
+            leader_sig: Vec::new(),
+        }))
+        .await?;
+        *last = Some(height);
+        Ok(())
+    }
+}
+
+/// What the leader task was asked to do.
+enum Work {
+    Admit(VerifiedCert, String),
+    Leave(VerifiedCert),
+}
+
+impl LeaderCtx {
+    /// `/leave`: the member's removal, then (unless the leader removed itself) a new key.
+    async fn leave(&self, cert: &VerifiedCert) -> Result<FromPeer, PeerError> {
+        let node_id = cert.fingerprint().node_id();
+        let Some(m) = self
+            .chain
+            .member(cert.name())
+            .filter(|m| m.node_id == node_id)
+        else {
+            return Ok(FromPeer::Error {
+                message: format!("{} is not a member", cert.name()),
+                retry: false,
+            });
+        };
+        if !m.is_present() {
+            // Already gone: a retry after a lost reply.
+            return Ok(FromPeer::Left {
+                height: self.chain.head().map_or(0, |(h, _)| h),
+            });
+        }
+        let height = self.remove_member(cert.name(), node_id, None).await?;
+        Ok(FromPeer::Left { height })
+    }
+
+    /// Removes a member: the revocation (if any) and the removal go into the chain first, so
+    /// every member sees why; then Raft drops it; then everyone left gets a new key. Returns
+    /// the removal's height.
+    async fn remove_member(
+        &self,
+        name: &str,
+        node_id: NodeId,
+        revocation: Option<SignedRevocation>,
+    ) -> Result<u64, PeerError> {
+        info!(%name, revoked = revocation.is_some(), "removing");
+        if let Some(r) = revocation {
+            self.propose_system(BlockBody::Revocation(
+                conclave_shared::chain::RevocationNotice {
+                    revocation: r,
+                    leader_sig: Vec::new(),
+                },
+            ))
+            .await?;
+        }
+        let applied = self
+            .propose_system(BlockBody::Membership(Membership {
+                change: MembershipChange::Remove {
+                    name: name.to_owned(),
+                    node_id,
+                },
+                leader_sig: Vec::new(),
+            }))
+            .await?;
+        let height = match applied {
+            Applied::Block { height, .. } => height,
+            _ => self.chain.head().map_or(0, |(h, _)| h),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let m = membership.membership();
+        if m.voter_ids().any(|v| v == node_id) {
+            self.raft
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
+                    false,
+                )
+                .await
+                .map_err(|e| PeerError::Raft(e.to_string()))?;
+        } else if m.get_node(&node_id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(|e| PeerError::Raft(e.to_string()))?;
+        }
+        if node_id != self.node_id {
+            self.rotate_key().await?;
+        }
+        Ok(height)
+    }
+
+    /// Asks the key manager for revocations and removes every revoked member still present.
+    async fn enforce_revocations(&self) -> Result<(), PeerError> {
+        let client = conclave_keymanager::client::KeymanagerClient::connect(
+            &self.endpoint,
+            self.keymanager,
+            self.chain.root(),
+        )
+        .await
+        .map_err(|e| PeerError::KeymanagerUnreachable(e.to_string()))?;
+        let revocations = client
+            .revocations()
+            .await
+            .map_err(|e| PeerError::KeymanagerUnreachable(e.to_string()))?;
+        client.close();
+        for r in revocations {
+            let Some(m) = self.chain.member(&r.statement.name) else {
+                continue;
+            };
+            if m.cert.serial() != r.statement.serial || !m.is_present() {
+                continue;
+            }
+            let revocation = (!m.revoked).then_some(r.clone());
+            if m.node_id == self.node_id {
+                // A revoked leader can still record its own revocation, but nothing signed by
+                // a revoked member is valid after that: it steps down, and the next leader
+                // removes it and rotates the key.
+                if let Some(r) = revocation {
+                    self.propose_system(BlockBody::Revocation(
+                        conclave_shared::chain::RevocationNotice {
+                            revocation: r,
+                            leader_sig: Vec::new(),
+                        },
+                    ))
+                    .await?;
+                }
+                warn!("this member's certificate is revoked; stepping down");
+                self.raft
+                    .change_membership(
+                        ChangeMembers::RemoveVoters(BTreeSet::from([self.node_id])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| PeerError::Raft(e.to_string()))?;
+                return Ok(());
+            }
+            self.remove_member(&m.name, m.node_id, revocation).await?;
+            self.announce().await;
+        }
+        Ok(())
+    }
+
+    /// Rotates the key if the newest one was not wrapped to exactly the present members.
+    async fn rotate_if_stale(&self) -> Result<(), PeerError> {
+        let admitted: BTreeSet<NodeId> = self
+            .chain
+            .admitted_members()
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        if admitted.is_empty() {
+            return Ok(());
+        }
+        match self.last_rotation_recipients()? {
+            Some(r) if r == admitted => Ok(()),
+            _ => {
+                info!("the group key does not match the members; rotating");
+                self.rotate_key().await
+            }
+        }
+    }
+
+    /// Who received the newest group key, found by reading back from the head.
+    fn last_rotation_recipients(&self) -> Result<Option<BTreeSet<NodeId>>, PeerError> {
+        let Some((mut to, _)) = self.chain.head() else {
+            return Ok(None);
+        };
+        loop {
+            let from = to.saturating_sub(LOOKBACK_CHUNK - 1);
+            let blocks = self
+                .chain
+                .blocks(from, to)
+                .map_err(|e| PeerError::Store(e.to_string()))?;
+            for b in blocks.iter().rev() {
+                if let BlockBody::KeyRotation(k) = &b.block.body {
+                    return Ok(Some(k.wrapped.iter().map(|w| w.node_id).collect()));
+                }
+            }
+            if from == 0 {
+                return Ok(None);
+            }
+            to = from - 1;
+        }
+    }
 }

@@ -6,10 +6,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use conclave_shared::quic::{self, MemberTrust};
-use conclave_shared::wire::{encode_message, read_frame};
+use conclave_shared::wire::{encode_message, read_frame, write_frame};
 use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
@@ -17,13 +17,18 @@ use openraft::error::{
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse};
 use openraft::raft::{VoteRequest, VoteResponse};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-use crate::rpc::{RaftReply, RaftRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use crate::rpc::{self, RaftReply, RaftRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 
 /// How long dialling a member may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// After a failed snapshot transfer the next one to the same member waits this long,
+/// doubling with each further failure up to [`SNAPSHOT_RETRY_MAX_MS`]. openraft would
+/// otherwise offer the snapshot again at the next heartbeat.
+pub const SNAPSHOT_RETRY_MIN_MS: u64 = 500;
+pub const SNAPSHOT_RETRY_MAX_MS: u64 = 30_000;
 
 /// A plain error with a message, for openraft's error wrappers.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,8 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             client: self.client.clone(),
             trust: self.trust.clone(),
             conn: None,
+            snapshot_failures: 0,
+            snapshot_failed_at: None,
         }
     }
 }
@@ -70,6 +77,22 @@ pub struct RaftConn {
     client: quinn::ClientConfig,
     trust: MemberTrust,
     conn: Option<quinn::Connection>,
+    /// Snapshot transfers to this target that failed in a row, and when the last one did.
+    snapshot_failures: u32,
+    snapshot_failed_at: Option<Instant>,
+}
+
+/// Why one snapshot transfer failed.
+enum SnapshotError {
+    /// No connection: openraft backs off.
+    Unreachable(String),
+    /// The receiver looked at it and said no (it does not verify, it is too large, the
+    /// receiver is busy, or we may not send it): nothing changed there.
+    Refused(String),
+    /// The stream broke or stalled, or our own file could not be read.
+    Network(String),
+    /// openraft on the receiver failed.
+    Remote(Fatal<NodeId>),
 }
 
 /// Why one RPC failed: the peer could not be reached at all, or the exchange broke.
@@ -215,40 +238,177 @@ impl RaftNetwork<TypeConfig> for RaftConn {
         }
     }
 
+    /// Streams the snapshot file over one new stream of the connection (the sub-protocol
+    /// in `rpc.rs`), with a time limit per piece rather than for the whole transfer.
+    ///
+    /// Failures never reach openraft as storage errors (which would stop this node): a
+    /// refusal, a dead receiver or an unreadable file of ours is `Unreachable` or a network
+    /// error, and the next attempt to this target first waits out a growing delay, so a
+    /// snapshot the receiver keeps refusing is offered again with backoff, not at every
+    /// heartbeat.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let req = RaftRequest::Snapshot {
-            vote,
-            meta: snapshot.meta.clone(),
-            data: snapshot.snapshot.into_inner(),
+        let target = self.target;
+        let attempt = async {
+            if let Some(at) = self.snapshot_failed_at {
+                let wait = snapshot_retry_delay(self.snapshot_failures);
+                tokio::time::sleep_until((at + wait).into()).await;
+            }
+            self.send_snapshot(vote, snapshot).await
         };
-        let call = self.call(&req, option.hard_ttl());
-        let reply = tokio::select! {
+        let result = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            r = call => r,
+            r = attempt => r,
+        };
+        match result {
+            Ok(r) => {
+                self.snapshot_failures = 0;
+                self.snapshot_failed_at = None;
+                Ok(r)
+            }
+            Err(e) => {
+                self.snapshot_failures = self.snapshot_failures.saturating_add(1);
+                self.snapshot_failed_at = Some(Instant::now());
+                let retry = snapshot_retry_delay(self.snapshot_failures);
+                Err(match e {
+                    SnapshotError::Unreachable(m) => {
+                        debug!(target, "snapshot: unreachable: {m}");
+                        StreamingError::Unreachable(Unreachable::new(&NetError(m)))
+                    }
+                    SnapshotError::Refused(m) => {
+                        warn!(target, "node {target} refused our snapshot: {m}; trying again in {retry:?} or later");
+                        StreamingError::Unreachable(Unreachable::new(&NetError(m)))
+                    }
+                    SnapshotError::Network(m) => {
+                        warn!(target, "sending a snapshot to node {target} failed: {m}; trying again in {retry:?} or later");
+                        StreamingError::Network(NetworkError::new(&NetError(m)))
+                    }
+                    SnapshotError::Remote(f) => StreamingError::RemoteError(
+                        RemoteError::new_with_node(target, self.node.clone(), f),
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// How long to wait before the next snapshot transfer after `failures` failed ones.
+fn snapshot_retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    Duration::from_millis(
+        SNAPSHOT_RETRY_MIN_MS
+            .saturating_mul(1 << doublings)
+            .min(SNAPSHOT_RETRY_MAX_MS),
+    )
+}
+
+impl RaftConn {
+    /// One snapshot transfer: header, the file in pieces, end of stream, then the answer.
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<NodeId>, SnapshotError> {
+        let piece = Duration::from_millis(rpc::SNAPSHOT_CHUNK_TIMEOUT_MS);
+        let local =
+            |e: &dyn std::fmt::Display| SnapshotError::Network(format!("our snapshot file: {e}"));
+        let len = snapshot.snapshot.size().map_err(|e| local(&e))?;
+        if len > rpc::MAX_SNAPSHOT_BYTES {
+            return Err(SnapshotError::Refused(format!(
+                "our snapshot of {len} bytes is larger than any member accepts ({} bytes)",
+                rpc::MAX_SNAPSHOT_BYTES
+            )));
+        }
+        let mut file = tokio::fs::File::open(snapshot.snapshot.path())
+            .await
+            .map_err(|e| local(&e))?;
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(CallError::Unreachable(m)) => return Err(SnapshotError::Unreachable(m)),
+            Err(CallError::Network(m)) => return Err(SnapshotError::Network(m)),
+            Err(CallError::TooLarge) => return Err(SnapshotError::Network("too large".into())),
+        };
+        let started = Instant::now();
+        let net = |e: &dyn std::fmt::Display| SnapshotError::Network(e.to_string());
+        let exchange = async {
+            let (mut send, mut recv) = tokio::time::timeout(piece, conn.open_bi())
+                .await
+                .map_err(|_| net(&"no stream within the time limit"))?
+                .map_err(|e| net(&e))?;
+            let header = RaftRequest::Snapshot {
+                vote,
+                meta: snapshot.meta.clone(),
+                len,
+            };
+            tokio::time::timeout(piece, write_frame(&mut send, &header, MAX_REQUEST_BYTES))
+                .await
+                .map_err(|_| net(&"the header did not go out within the time limit"))?
+                .map_err(|e| net(&e))?;
+            let sent = rpc::send_snapshot_data(&mut file, &mut send, len, piece).await;
+            if let Err(e) = sent {
+                // The receiver may have stopped reading to tell us why: prefer its answer.
+                return match tokio::time::timeout(
+                    piece,
+                    read_frame::<_, RaftReply>(&mut recv, MAX_RESPONSE_BYTES),
+                )
+                .await
+                {
+                    Ok(Ok(Some(RaftReply::SnapshotRefused(m) | RaftReply::Refused(m)))) => {
+                        Err(SnapshotError::Refused(m))
+                    }
+                    _ => Err(net(&e)),
+                };
+            }
+            let _ = send.finish();
+            rpc::read_snapshot_reply(&mut recv, piece)
+                .await
+                .map_err(|e| net(&e))
+        };
+        let reply = match exchange.await {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, SnapshotError::Network(_)) {
+                    // A broken connection is dialled afresh next time.
+                    self.conn = None;
+                }
+                return Err(e);
+            }
         };
         match reply {
-            Ok(RaftReply::Snapshot(Ok(r))) => Ok(r),
-            Ok(RaftReply::Snapshot(Err(e))) => Err(StreamingError::RemoteError(
-                RemoteError::new_with_node(self.target, self.node.clone(), e),
-            )),
-            Ok(other) => Err(StreamingError::Network(NetworkError::new(&NetError(
-                format!("unexpected reply to a snapshot: {other:?}"),
-            )))),
-            Err(CallError::Unreachable(m)) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&NetError(m))))
+            RaftReply::Snapshot(Ok(r)) => {
+                info!(
+                    target = self.target,
+                    "sent snapshot {} ({len} bytes) in {:?}",
+                    snapshot.meta.snapshot_id,
+                    started.elapsed()
+                );
+                Ok(r)
             }
-            Err(CallError::Network(m)) => {
-                Err(StreamingError::Network(NetworkError::new(&NetError(m))))
-            }
-            Err(CallError::TooLarge) => Err(StreamingError::Network(NetworkError::new(&NetError(
-                "the snapshot is larger than a frame".into(),
-            )))),
+            RaftReply::Snapshot(Err(f)) => Err(SnapshotError::Remote(f)),
+            RaftReply::SnapshotRefused(m) | RaftReply::Refused(m) => Err(SnapshotError::Refused(m)),
+            other => Err(SnapshotError::Network(format!(
+                "unexpected reply to a snapshot: {other:?}"
+            ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_retries_back_off_up_to_a_limit() {
+        let ms = |n| snapshot_retry_delay(n).as_millis() as u64;
+        assert_eq!(ms(1), SNAPSHOT_RETRY_MIN_MS);
+        assert_eq!(ms(2), 2 * SNAPSHOT_RETRY_MIN_MS);
+        assert_eq!(ms(3), 4 * SNAPSHOT_RETRY_MIN_MS);
+        assert_eq!(ms(30), SNAPSHOT_RETRY_MAX_MS);
+        assert_eq!(ms(u32::MAX), SNAPSHOT_RETRY_MAX_MS);
     }
 }

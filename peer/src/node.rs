@@ -59,6 +59,10 @@ pub struct PeerOptions {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Snapshot every this many applied entries; 0: never (`raft.snapshot_every_entries`).
+    pub snapshot_every_entries: u64,
+    /// Entries inside a snapshot kept in the log anyway (`raft.keep_log_entries`).
+    pub keep_log_entries: u64,
     /// Written into the genesis block if this peer founds the group.
     pub rules: Rules,
 }
@@ -143,7 +147,7 @@ async fn run_once(
         revoked.clone(),
     );
     let members = MemberTrust::new(opts.root.clone(), &[Role::Member], revoked.clone());
-    let proxies = MemberTrust::new(opts.root.clone(), &[Role::Proxy], revoked);
+    let proxies = MemberTrust::new(opts.root.clone(), &[Role::Proxy], revoked.clone());
     let quic_err = |e: quic::QuicError| PeerError::Quic(e.to_string());
     endpoint.set_server_config(Some(
         quic::server_config(
@@ -179,7 +183,11 @@ async fn run_once(
         heartbeat_interval: opts.heartbeat_ms,
         election_timeout_min: opts.election_timeout_min_ms,
         election_timeout_max: opts.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::Never,
+        snapshot_policy: match opts.snapshot_every_entries {
+            0 => SnapshotPolicy::Never,
+            n => SnapshotPolicy::LogsSinceLast(n),
+        },
+        max_in_snapshot_log_to_keep: opts.keep_log_entries,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
@@ -198,7 +206,7 @@ async fn run_once(
         raft: raft.clone(),
         chain: chain.clone(),
     };
-    let (admit_tx, admit_rx) = mpsc::channel(16);
+    let (jobs_tx, jobs_rx) = mpsc::channel(16);
     let admitter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tasks.spawn(
         server::serve(
@@ -206,7 +214,7 @@ async fn run_once(
                 raft: raft.clone(),
                 node_id,
                 trust: callers,
-                admit: admit_tx,
+                jobs: jobs_tx.clone(),
                 status: status.clone(),
                 admitter: admitter.clone(),
             },
@@ -217,6 +225,9 @@ async fn run_once(
     );
 
     let (keys_tx, keys_rx) = watch::channel(KeyRing::default());
+    // Cancelled when this member sees its own removal in the chain.
+    let removed = CancellationToken::new();
+    let left_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tasks.spawn(
         Observer {
             identity: identity.clone(),
@@ -224,6 +235,9 @@ async fn run_once(
             chain: chain.clone(),
             keys: keys_tx,
             events: events.clone(),
+            revoked: revoked.clone(),
+            removed: removed.clone(),
+            left_seen: left_seen.clone(),
         }
         .run(stop.clone())
         .in_current_span(),
@@ -254,8 +268,11 @@ async fn run_once(
                 proxy: proxy_link(),
                 status: status.clone(),
                 rejoin: rejoin_tx,
+                keymanager: opts.keymanager,
+                endpoint: endpoint.clone(),
+                keys: keys_rx.clone(),
             },
-            admit_rx,
+            jobs_rx,
             stop.clone(),
         )
         .in_current_span(),
@@ -308,6 +325,7 @@ async fn run_once(
     tokio::select! {
         _ = ready => {}
         _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
+        _ = removed.cancelled() => return shut_down(raft, tasks, false).await,
         Some(()) = rejoin_rx.recv() => return shut_down(raft, tasks, true).await,
     }
     let _ = events.send(joined_event(&status, &chain, joined)).await;
@@ -320,6 +338,9 @@ async fn run_once(
         outbox,
         keys: keys_rx,
         peers: Some(PeerLink::new(endpoint.clone(), peer_client, members)),
+        cert: cert.clone(),
+        jobs: jobs_tx,
+        left_seen: left_seen.clone(),
         status,
         events: events.clone(),
         max_record_bytes: chain
@@ -333,6 +354,7 @@ async fn run_once(
     let rejoin = tokio::select! {
         _ = &mut writing => false,
         _ = stop.cancelled() => false,
+        _ = removed.cancelled() => false,
         Some(()) = rejoin_rx.recv() => true,
     };
     shut_down(raft, tasks, rejoin).await

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use conclave_shared::cert::{Role, VerifiedCert};
 use conclave_shared::chain::{BlockKind, RecordBatch};
@@ -18,11 +18,12 @@ use conclave_shared::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::rpc::{self, RaftReply, RaftRequest};
 use crate::status::StatusSource;
-use crate::types::{Applied, NodeId, PeerNode, Proposal, Raft};
+use crate::store::StoreError;
+use crate::types::{Applied, NodeId, PeerNode, Proposal, Raft, SnapshotMeta, Vote};
 
 pub const MAX_CONNECTIONS: usize = 256;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
@@ -31,11 +32,39 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// The largest record batch a member may submit.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// A request to admit a member, handled by the leader's admission task one at a time.
-pub struct AdmitJob {
-    pub cert: VerifiedCert,
-    pub addr: String,
-    pub reply: oneshot::Sender<FromPeer>,
+/// A membership change asked of the leader, handled by its task one at a time.
+pub enum LeaderJob {
+    /// Admit the member holding `cert`, reachable at `addr`.
+    Admit {
+        cert: VerifiedCert,
+        addr: String,
+        reply: oneshot::Sender<FromPeer>,
+    },
+    /// Remove the member holding `cert` at its own request (`/leave`).
+    Leave {
+        cert: VerifiedCert,
+        reply: oneshot::Sender<FromPeer>,
+    },
+}
+
+impl LeaderJob {
+    /// Hands the job to the leader task and waits for its answer.
+    pub async fn run(
+        self,
+        tx: &mpsc::Sender<LeaderJob>,
+        rx: oneshot::Receiver<FromPeer>,
+    ) -> FromPeer {
+        if tx.send(self).await.is_err() {
+            return FromPeer::Error {
+                message: "this member is shutting down".into(),
+                retry: true,
+            };
+        }
+        rx.await.unwrap_or(FromPeer::Error {
+            message: "the request was interrupted".into(),
+            retry: true,
+        })
+    }
 }
 
 /// What the server needs from the node.
@@ -44,7 +73,7 @@ pub struct ServerCtx {
     pub raft: Raft,
     pub node_id: NodeId,
     pub trust: MemberTrust,
-    pub admit: mpsc::Sender<AdmitJob>,
+    pub jobs: mpsc::Sender<LeaderJob>,
     pub status: StatusSource,
     /// The leader a joining member asked to admit it (0: none). Before this member holds a
     /// Raft membership, only that leader may replicate to it.
@@ -165,6 +194,9 @@ async fn raft_connection(
                 continue;
             }
         };
+        // A snapshot's data follows its header on this stream: whatever the answer, read no
+        // more of it afterwards.
+        let streaming = matches!(req, RaftRequest::Snapshot { .. });
         // Revocations learned since the handshake count too.
         let reply = if let Err(e) = quic::peer_cert(&conn, &ctx.trust) {
             RaftReply::Refused(e.to_string())
@@ -177,9 +209,14 @@ async fn raft_connection(
         } else if !is_member(&ctx, caller) {
             warn!(caller, "raft request from a non-member");
             RaftReply::Refused("not a member of this group".into())
+        } else if let RaftRequest::Snapshot { vote, meta, len } = req {
+            receive_snapshot(&ctx, caller, vote, meta, len, &mut recv, &mut send).await
         } else {
             handle_raft(&ctx.raft, req).await
         };
+        if streaming {
+            let _ = recv.stop(0u32.into());
+        }
         if let Err(e) = write_frame(&mut send, &reply, rpc::MAX_RESPONSE_BYTES).await {
             debug!("could not send raft reply: {e}");
             continue;
@@ -192,12 +229,86 @@ async fn handle_raft(raft: &Raft, req: RaftRequest) -> RaftReply {
     match req {
         RaftRequest::Append(r) => RaftReply::Append(raft.append_entries(r).await),
         RaftRequest::Vote(r) => RaftReply::Vote(raft.vote(r).await),
-        RaftRequest::Snapshot { vote, meta, data } => {
-            let snapshot = openraft::Snapshot {
-                meta,
-                snapshot: Box::new(std::io::Cursor::new(data)),
-            };
-            RaftReply::Snapshot(raft.install_full_snapshot(vote, snapshot).await)
+        // Its data is on the stream: see `receive_snapshot`.
+        RaftRequest::Snapshot { .. } => {
+            RaftReply::SnapshotRefused("a snapshot must come with its data".into())
+        }
+    }
+}
+
+/// The receiving side of a snapshot stream (the sub-protocol in `rpc.rs`): the bytes go to a
+/// file of the store's inbox, every block is verified under the root key, and only then does
+/// openraft install it (an error inside the state machine would stop this node). A bad
+/// snapshot is refused with a warning and changes nothing; the leader offers one again later.
+async fn receive_snapshot(
+    ctx: &ServerCtx,
+    caller: NodeId,
+    vote: Vote,
+    meta: SnapshotMeta,
+    len: u64,
+    recv: &mut quinn::RecvStream,
+    send: &mut quinn::SendStream,
+) -> RaftReply {
+    let piece = Duration::from_millis(rpc::SNAPSHOT_CHUNK_TIMEOUT_MS);
+    let started = Instant::now();
+    let refuse = |why: String| {
+        warn!(caller, snapshot = %meta.snapshot_id, len, "refusing a snapshot: {why}");
+        RaftReply::SnapshotRefused(why)
+    };
+    let mut incoming = match ctx.status.chain.snapshot_inbox().begin() {
+        Ok(i) => i,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let Some(file) = incoming.writer() else {
+        return refuse("no file to receive it into".into());
+    };
+    let received =
+        rpc::receive_snapshot_data(recv, file, len, rpc::MAX_SNAPSHOT_BYTES, piece).await;
+    if let Err(e) = received {
+        return refuse(e.to_string());
+    }
+    let received = started.elapsed();
+    let (snapshot, blocks) = match working(send, incoming.verify(&meta)).await {
+        Ok(s) => s,
+        Err(StoreError::BadSnapshot(why)) => return refuse(why),
+        Err(e) => return refuse(e.to_string()),
+    };
+    let verified = started.elapsed();
+    let result = working(send, ctx.raft.install_full_snapshot(vote, snapshot)).await;
+    let done = started.elapsed();
+    info!(
+        caller,
+        snapshot = %meta.snapshot_id,
+        len,
+        blocks,
+        receive_ms = received.as_millis() as u64,
+        verify_ms = (verified - received).as_millis() as u64,
+        install_ms = (done - verified).as_millis() as u64,
+        "snapshot verified and handed to Raft"
+    );
+    RaftReply::Snapshot(result)
+}
+
+/// Awaits `work`, meanwhile sending `Working` so that the sender's time limit per frame
+/// holds however long verifying and installing take.
+async fn working<F: std::future::Future>(send: &mut quinn::SendStream, work: F) -> F::Output {
+    let piece = Duration::from_millis(rpc::SNAPSHOT_CHUNK_TIMEOUT_MS);
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(rpc::SNAPSHOT_WORKING_INTERVAL_MS));
+    tick.tick().await;
+    // If the sender stopped listening the work still finishes: the snapshot is as good.
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick(), if listening => {
+                let sent = tokio::time::timeout(
+                    piece,
+                    write_frame(send, &RaftReply::Working, rpc::MAX_RESPONSE_BYTES),
+                )
+                .await;
+                listening = matches!(sent, Ok(Ok(())));
+            }
         }
     }
 }
@@ -254,21 +365,21 @@ async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPe
                 return refuse("the certificate to admit is not the caller's");
             }
             let (reply, rx) = oneshot::channel();
-            let job = AdmitJob {
+            let job = LeaderJob::Admit {
                 cert: who.clone(),
                 addr,
                 reply,
             };
-            if ctx.admit.send(job).await.is_err() {
-                return FromPeer::Error {
-                    message: "this member is shutting down".into(),
-                    retry: true,
-                };
+            job.run(&ctx.jobs, rx).await
+        }
+        ToPeer::Leave => {
+            let (reply, rx) = oneshot::channel();
+            LeaderJob::Leave {
+                cert: who.clone(),
+                reply,
             }
-            rx.await.unwrap_or(FromPeer::Error {
-                message: "admission was interrupted".into(),
-                retry: true,
-            })
+            .run(&ctx.jobs, rx)
+            .await
         }
         ToPeer::Submit { batch } => {
             // A member forwards its own batches only, and only while it is a member: anyone

@@ -1,7 +1,5 @@
 //! The openraft type configuration and what a Raft entry carries.
 
-use std::io::Cursor;
-
 use conclave_shared::chain::{BlockBody, BlockHash, BlockKind};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +13,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -3,13 +3,15 @@
 //! leader change, so each (author, seq) reaches the chain exactly once. A record is
 //! acknowledged (`committed`) only once the leader has committed and applied it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use conclave_shared::cert::VerifiedCert;
 use conclave_shared::chain::{Record, RecordBatch};
 use conclave_shared::codec::Canonical;
 use conclave_shared::identity::Identity;
-use conclave_shared::wire::peer::{FromPeer, ToPeer};
+use conclave_shared::wire::peer::{FromPeer, ToPeer, WireRole};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::events::Event;
 use crate::keyring::KeyRing;
 use crate::peerlink::PeerLink;
+use crate::server::LeaderJob;
 use crate::status::StatusSource;
 use crate::store::{ChainReader, Outbox};
 use crate::types::Raft;
@@ -27,6 +30,8 @@ pub const MAX_BATCH_RECORDS: usize = 512;
 pub const MAX_BATCH_PLAINTEXT_BYTES: usize = 2 * 1024 * 1024;
 /// Pause before resending after a failure (leader unreachable, leader changed).
 pub const RESEND_BACKOFF_MS: u64 = 50;
+/// Part of the refusal a record sealed under a retired key gets (`FailureReason::RecordEpoch`).
+const EPOCH_REFUSAL: &str = "is sealed under epoch";
 /// How long a submission waits for an election to produce a leader before it counts as a
 /// failure (and is retried after the backoff).
 pub const LEADER_WAIT_MS: u64 = 3_000;
@@ -35,6 +40,17 @@ pub const SUBMIT_TIMEOUT_MS: u64 = 10_000;
 
 pub enum Command {
     Append(String),
+    /// Leave the group: deliver what is pending, then ask for this member's removal.
+    Leave,
+}
+
+/// How the writer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Shut down (or its input closed for good).
+    Stopped,
+    /// This member's removal is committed.
+    Left,
 }
 
 pub struct Writer {
@@ -46,6 +62,12 @@ pub struct Writer {
     pub keys: watch::Receiver<KeyRing>,
     /// Taken by the submitting task when the writer starts.
     pub peers: Option<PeerLink>,
+    /// This member's certificate, for asking its own leader task to remove it.
+    pub cert: VerifiedCert,
+    /// The leader task's queue, used when this member leads.
+    pub jobs: mpsc::Sender<LeaderJob>,
+    /// Set by the observer once it printed this member's own `member_left`.
+    pub left_seen: Arc<AtomicBool>,
     pub status: StatusSource,
     pub events: mpsc::Sender<Event>,
     pub max_record_bytes: usize,
@@ -62,7 +84,7 @@ impl Writer {
         mut self,
         commands: &mut mpsc::Receiver<Command>,
         shutdown: CancellationToken,
-    ) {
+    ) -> WriterEnd {
         // Never reuse a sequence number the chain already holds for us (say, the outbox was
         // restored from an older copy): the chain would take new records for duplicates.
         if let Some(me) = self.chain.member(&self.name) {
@@ -84,50 +106,90 @@ impl Writer {
                 None
             }
         };
-        let (done_tx, mut done_rx) = mpsc::channel::<(InFlight, Result<FromPeer, String>)>(1);
-        let (send_tx, send_rx) = mpsc::channel::<InFlight>(1);
+        let (done_tx, mut done_rx) = mpsc::channel::<(Outgoing, Result<FromPeer, String>)>(1);
+        let (send_tx, send_rx) = mpsc::channel::<Outgoing>(1);
         let Some(peers) = self.peers.take() else {
-            return;
+            return WriterEnd::Stopped;
         };
         let submitter = Submitter {
             raft: self.raft.clone(),
             status: self.status.clone(),
             peers,
+            cert: self.cert.clone(),
+            jobs: self.jobs.clone(),
         };
-        tokio::spawn(submitter.run(send_rx, done_tx, shutdown.child_token()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(submitter.run(send_rx, done_tx, shutdown.child_token()));
         let mut sending = false;
         let mut commands_open = true;
+        let mut leaving = false;
         loop {
             if !sending {
                 if inflight.is_none() {
                     inflight = self.form_batch().await;
                 }
-                if let Some(batch) = inflight.take() {
-                    if send_tx.send(batch).await.is_err() {
-                        return;
+                let next = match inflight.take() {
+                    Some(batch) => Some(Outgoing::Batch(batch)),
+                    // Everything written before `/leave` is delivered first.
+                    None if leaving => Some(Outgoing::Leave),
+                    None => None,
+                };
+                if let Some(out) = next {
+                    if send_tx.send(out).await.is_err() {
+                        return WriterEnd::Stopped;
                     }
                     sending = true;
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                cmd = commands.recv(), if commands_open => match cmd {
+                _ = shutdown.cancelled() => return WriterEnd::Stopped,
+                cmd = commands.recv(), if commands_open && !leaving => match cmd {
                     Some(Command::Append(text)) => self.enqueue(text).await,
+                    Some(Command::Leave) => leaving = true,
                     None => commands_open = false,
                 },
-                Some((batch, result)) = done_rx.recv() => {
+                Some((out, result)) = done_rx.recv() => {
                     sending = false;
-                    inflight = self.settle(batch, result).await;
-                    if inflight.is_some() {
+                    let retry = match out {
+                        Outgoing::Batch(batch) => {
+                            inflight = self.settle(batch, result).await;
+                            inflight.is_some()
+                        }
+                        Outgoing::Leave => match result {
+                            Ok(FromPeer::Left { height }) => {
+                                info!(height, "left the group");
+                                // The removal may never reach this member (Raft drops it
+                                // next), so say it here unless the observer already did.
+                                if !self.left_seen.load(Ordering::SeqCst) {
+                                    let role = self.status.status().role.unwrap_or(WireRole::Learner);
+                                    let _ = self
+                                        .events
+                                        .send(Event::MemberLeft { name: self.name.clone(), role, height })
+                                        .await;
+                                }
+                                return WriterEnd::Left;
+                            }
+                            Ok(FromPeer::Error { message, retry: false }) => {
+                                self.error(format!("cannot leave: {message}")).await;
+                                leaving = false;
+                                false
+                            }
+                            other => {
+                                debug!("leave not done yet: {other:?}");
+                                true
+                            }
+                        },
+                    };
+                    if retry {
                         tokio::select! {
-                            _ = shutdown.cancelled() => return,
+                            _ = shutdown.cancelled() => return WriterEnd::Stopped,
                             _ = tokio::time::sleep(Duration::from_millis(RESEND_BACKOFF_MS)) => {}
                         }
                     }
                 }
                 changed = self.keys.changed(), if !sending && inflight.is_none() => {
                     if changed.is_err() {
-                        return;
+                        return WriterEnd::Stopped;
                     }
                 }
             }
@@ -231,6 +293,26 @@ impl Writer {
                 }
                 None
             }
+            Ok(FromPeer::Refused { reason, .. }) if reason.contains(EPOCH_REFUSAL) => {
+                // Sealed under a key the group no longer uses (a member left meanwhile): seal
+                // the same records again under the newest key, same seqs, once we hold it.
+                debug!("batch sealed under a retired key; sealing it again: {reason}");
+                if let Err(e) = self.outbox.reset_inflight() {
+                    self.error(format!("could not update the outbox: {e}"))
+                        .await;
+                }
+                let sealed_with = RecordBatch::from_canonical(&batch.bytes)
+                    .ok()
+                    .and_then(|b| b.records.first().map(|r| r.epoch))
+                    .unwrap_or(0);
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(LEADER_WAIT_MS),
+                    self.keys
+                        .wait_for(|k| k.current().is_some_and(|(e, _)| e > sealed_with)),
+                )
+                .await;
+                None
+            }
             Ok(FromPeer::Refused { reason, .. }) => {
                 warn!("batch refused: {reason}");
                 // The chain did not take these sequence numbers, so they are given back: the
@@ -261,18 +343,26 @@ impl Writer {
     }
 }
 
-/// Delivers batches to whoever leads now, over one cached connection.
+/// What the submitting task delivers to the leader.
+enum Outgoing {
+    Batch(InFlight),
+    Leave,
+}
+
+/// Delivers batches (and a `/leave`) to whoever leads now, over one cached connection.
 struct Submitter {
     raft: Raft,
     status: StatusSource,
     peers: PeerLink,
+    cert: VerifiedCert,
+    jobs: mpsc::Sender<LeaderJob>,
 }
 
 impl Submitter {
     async fn run(
         mut self,
-        mut batches: mpsc::Receiver<InFlight>,
-        done: mpsc::Sender<(InFlight, Result<FromPeer, String>)>,
+        mut batches: mpsc::Receiver<Outgoing>,
+        done: mpsc::Sender<(Outgoing, Result<FromPeer, String>)>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -282,7 +372,7 @@ impl Submitter {
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.send(&batch.bytes) => r,
+                r = self.send(&batch) => r,
             };
             if done.send((batch, result)).await.is_err() {
                 return;
@@ -290,7 +380,7 @@ impl Submitter {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<FromPeer, String> {
+    async fn send(&mut self, out: &Outgoing) -> Result<FromPeer, String> {
         // During an election there is no leader for a moment: wait for one rather than
         // failing and sleeping a fixed backoff.
         let elected = self
@@ -302,7 +392,18 @@ impl Submitter {
             return Err("no leader known".into());
         }
         if self.status.is_leader() {
-            return Ok(crate::server::submit(&self.raft, bytes.to_vec()).await);
+            return Ok(match out {
+                Outgoing::Batch(b) => crate::server::submit(&self.raft, b.bytes.clone()).await,
+                Outgoing::Leave => {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    LeaderJob::Leave {
+                        cert: self.cert.clone(),
+                        reply,
+                    }
+                    .run(&self.jobs, rx)
+                    .await
+                }
+            });
         }
         let mut metrics = self.raft.metrics();
         let (leader_id, leader) = {
@@ -312,8 +413,11 @@ impl Submitter {
             (id, node)
         };
         let leader = leader.ok_or_else(|| "no leader known".to_string())?;
-        let submit = ToPeer::Submit {
-            batch: bytes.to_vec(),
+        let submit = match out {
+            Outgoing::Batch(b) => ToPeer::Submit {
+                batch: b.bytes.clone(),
+            },
+            Outgoing::Leave => ToPeer::Leave,
         };
         let request = self.peers.request(
             &leader.addr,

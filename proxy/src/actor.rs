@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::announce::{Refusal, VerifiedAnnouncement};
 use crate::error::ProxyError;
-use crate::state::{Accepted, GroupState};
+use crate::state::{Decision, GroupState, Votes};
 use crate::store::Store;
 
 /// Requests waiting for the actor beyond this make their senders wait (backpressure).
@@ -23,7 +23,7 @@ pub const STATE_QUEUE: usize = 64;
 /// What an announcement came to, with the leader the proxy knows afterwards.
 #[derive(Debug)]
 pub struct AnnounceOutcome {
-    pub result: Result<Accepted, Refusal>,
+    pub result: Result<Decision, Refusal>,
     pub leader: Option<LeaderInfo>,
 }
 
@@ -34,6 +34,7 @@ enum Command {
     },
     Announce {
         announcement: Box<VerifiedAnnouncement>,
+        votes: Option<Votes>,
         reply: oneshot::Sender<Result<AnnounceOutcome, ProxyError>>,
     },
     Snapshot {
@@ -82,12 +83,17 @@ impl StateHandle {
             .await?
     }
 
+    /// A checked announcement; `votes`, once the known voters were asked about it (see
+    /// `GroupState::announce`). Never waits on the network: a claim that needs confirming
+    /// comes back as `Decision::Confirm`, for the caller to ask the voters and submit again.
     pub async fn announce(
         &self,
         announcement: VerifiedAnnouncement,
+        votes: Option<Votes>,
     ) -> Result<AnnounceOutcome, ProxyError> {
         self.ask(|reply| Command::Announce {
             announcement: Box::new(announcement),
+            votes,
             reply,
         })
         .await?
@@ -116,9 +122,10 @@ impl Actor {
                 }
                 Command::Announce {
                     announcement,
+                    votes,
                     reply,
                 } => {
-                    let _ = reply.send(self.announce(&announcement));
+                    let _ = reply.send(self.announce(&announcement, votes.as_ref()));
                 }
                 Command::Snapshot { reply } => {
                     let _ = reply.send(self.state.clone());
@@ -143,10 +150,14 @@ impl Actor {
         Ok(answer)
     }
 
-    fn announce(&mut self, v: &VerifiedAnnouncement) -> Result<AnnounceOutcome, ProxyError> {
+    fn announce(
+        &mut self,
+        v: &VerifiedAnnouncement,
+        votes: Option<&Votes>,
+    ) -> Result<AnnounceOutcome, ProxyError> {
         let mut next = self.state.clone();
-        let result = next.announce(v);
-        if result.is_ok() {
+        let result = next.announce(v, votes);
+        if matches!(result, Ok(Decision::Accepted(_))) {
             self.store.save(&next)?;
             self.state = next;
         }

@@ -92,6 +92,12 @@ impl VerifiedAnnouncement {
         }
     }
 
+    /// For the state rules' unit tests, to shape an announcement after making it.
+    #[cfg(test)]
+    pub(crate) fn announcement_mut(&mut self) -> &mut Announcement {
+        &mut self.announcement
+    }
+
     pub fn announcement(&self) -> &Announcement {
         &self.announcement
     }

@@ -16,12 +16,14 @@
 //! - `state` holds the rules (lease, announcements) as pure functions; `announce` checks a
 //!   signed announcement against the announcer's TLS certificate; `actor` owns the state and
 //!   persists each change (`store`) before it is answered; `status` probes members over
-//!   `conclave/peer/1`.
+//!   `conclave/peer/1`; `confirm` asks the known voters, with those probes, to confirm a new
+//!   leader before the proxy moves (from the connection's task, never the actor's).
 //! - [`client::ProxyClient`] is what peers and `conclave status` use.
 
 mod actor;
 mod announce;
 pub mod client;
+mod confirm;
 mod enrol;
 mod error;
 mod server;
@@ -41,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use announce::{MAX_ADDR_BYTES, MAX_MEMBERS};
+pub use confirm::{CONFIRM_MIN_INTERVAL_MS, CONFIRM_PROBE_TIMEOUT_MS};
 pub use enrol::REVOCATION_POLL_MS;
 pub use error::ProxyError;
 pub use server::{
@@ -212,6 +215,7 @@ impl Proxy {
             members,
             state,
             prober,
+            attempts: confirm::Attempts::default(),
         });
         let stop_polling = shutdown.child_token();
         let poller = tokio::spawn(enrol::poll_revocations(

@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use conclave_shared::cert::VerifiedCert;
 use conclave_shared::quic::{self, ClientAuth, MemberTrust, TlsIdentity};
-use conclave_shared::wire::proxy::{self, FromProxy, SignedAnnouncement, ToProxy};
+use conclave_shared::wire::proxy::{self, FromProxy, Rejection, SignedAnnouncement, ToProxy};
 use conclave_shared::wire::{read_frame, write_frame, WireError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::actor::StateHandle;
+use crate::actor::{AnnounceOutcome, StateHandle};
 use crate::announce::VerifiedAnnouncement;
+use crate::confirm::{self, Attempts};
 use crate::error::ProxyError;
-use crate::state::Accepted;
+use crate::state::{Accepted, ConfirmRequest, Decision};
 use crate::status::Prober;
 
 /// More simultaneous connections than this are refused at once rather than queued.
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub members: MemberTrust,
     pub state: StateHandle,
     pub prober: Prober,
+    /// Confirmation rounds by claimant (`confirm`).
+    pub attempts: Attempts,
 }
 
 pub(crate) async fn serve(
@@ -239,27 +242,92 @@ async fn announce(shared: &Shared, who: &VerifiedCert, signed: &SignedAnnounceme
         checked.announcement().term,
         hex::encode(checked.announcement().group_id),
     );
-    match shared.state.announce(checked).await {
-        Ok(outcome) => match outcome.result {
-            Ok(accepted) => {
-                match accepted {
-                    Accepted::Founded => {
-                        info!(leader = %who.name(), term, %group, "group founded")
-                    }
-                    Accepted::NewLeader => info!(leader = %who.name(), term, "new leader"),
-                    Accepted::Refreshed => debug!(leader = %who.name(), term, "leader refreshed"),
-                }
-                FromProxy::Accepted
+    let outcome = match shared.state.announce(checked.clone(), None).await {
+        Ok(outcome) => outcome,
+        Err(e) => return internal(e),
+    };
+    let outcome = match outcome.result {
+        Ok(Decision::Confirm(req)) => {
+            match confirm_claim(shared, who, checked, &req, outcome.leader).await {
+                Ok(outcome) => outcome,
+                Err(reply) => return reply,
             }
-            Err(refusal) => {
-                warn!(announcer = %who.name(), term, reason = ?refusal.reason, "announcement rejected: {}", refusal.message);
-                FromProxy::Rejected {
-                    reason: refusal.reason,
-                    message: refusal.message,
-                    leader: outcome.leader,
+        }
+        _ => outcome,
+    };
+    match outcome.result {
+        Ok(Decision::Accepted(accepted)) => {
+            match accepted {
+                Accepted::Founded => {
+                    info!(leader = %who.name(), term, %group, "group founded")
                 }
+                Accepted::NewLeader => info!(leader = %who.name(), term, "new leader"),
+                Accepted::Refreshed => debug!(leader = %who.name(), term, "leader refreshed"),
             }
-        },
-        Err(e) => internal(e),
+            FromProxy::Accepted
+        }
+        Ok(Decision::Confirm(_)) => {
+            // Only an announcement without votes asks for them, and this one had votes.
+            internal(ProxyError::Store(
+                "the state asked twice to confirm one announcement".into(),
+            ))
+        }
+        Err(refusal) => {
+            warn!(announcer = %who.name(), term, reason = ?refusal.reason, "announcement rejected: {}", refusal.message);
+            FromProxy::Rejected {
+                reason: refusal.reason,
+                message: refusal.message,
+                leader: outcome.leader,
+            }
+        }
     }
+}
+
+/// Asks the known voters about a new claim (outside the state actor, which goes on serving
+/// joiners with the old leader meanwhile), then submits their votes to the actor, which
+/// decides. `Err` is the reply when no round may run now.
+async fn confirm_claim(
+    shared: &Shared,
+    who: &VerifiedCert,
+    checked: VerifiedAnnouncement,
+    req: &ConfirmRequest,
+    leader: Option<proxy::LeaderInfo>,
+) -> Result<AnnounceOutcome, FromProxy> {
+    let _slot = match shared.attempts.begin(req.node_id) {
+        Ok(slot) => slot,
+        Err(why) => {
+            debug!(announcer = %who.name(), term = req.term, "announcement not confirmed: {why}");
+            return Err(FromProxy::Rejected {
+                reason: Rejection::NotConfirmed,
+                message: why,
+                leader,
+            });
+        }
+    };
+    let asked: Vec<&str> = req.ask.iter().map(|m| m.name.as_str()).collect();
+    info!(
+        claimant = %req.claimant,
+        term = req.term,
+        ?asked,
+        needed = req.needed,
+        voters = req.voters,
+        "confirming a new leader with the known voters"
+    );
+    let round = confirm::ask_voters(&shared.prober, req).await;
+    let answers = round.answers.join("; ");
+    let mut outcome = shared
+        .state
+        .announce(checked, Some(round.votes))
+        .await
+        .map_err(internal)?;
+    match &mut outcome.result {
+        Err(refusal) if refusal.reason == Rejection::NotConfirmed => {
+            refusal.message = format!("{} (asked: {answers})", refusal.message);
+        }
+        Ok(Decision::Accepted(Accepted::NewLeader)) => {
+            info!(claimant = %req.claimant, term = req.term, %answers, "new leader confirmed");
+        }
+        _ => {}
+    }
+    Ok(outcome)
 }

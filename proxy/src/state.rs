@@ -58,6 +58,16 @@ pub struct KnownMember {
     pub fingerprint: Option<[u8; 32]>,
 }
 
+impl KnownMember {
+    /// Whether this member votes, as the last accepted announcement listed it.
+    pub fn is_voter(&self) -> bool {
+        self.role == VOTER
+    }
+}
+
+/// The voter role as announcements name it.
+const VOTER: &str = "voter";
+
 /// The right to found the group, held by one asker at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -80,6 +90,42 @@ pub enum Accepted {
     NewLeader,
     /// The known leader, at the known term, again.
     Refreshed,
+}
+
+/// What an announcement that passed every check comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Applied: the state changed.
+    Accepted(Accepted),
+    /// A new claim (another leader, or a higher term) that the known voters must confirm
+    /// before the proxy moves. Nothing changed.
+    Confirm(ConfirmRequest),
+}
+
+/// Whom to ask before a new claim may move the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    /// The claimant's name, as a follower reports its leader.
+    pub claimant: String,
+    pub node_id: u64,
+    pub term: u64,
+    /// The known voters other than the claimant.
+    pub ask: Vec<KnownMember>,
+    /// How many of `ask` must confirm: a majority of the known voters, less the claimant's own
+    /// vote if it is one of them.
+    pub needed: usize,
+    /// How many voters the proxy knows (the claimant included, if it is one).
+    pub voters: usize,
+}
+
+/// The members that confirmed a claim: asked whom they follow, each answered the claimant
+/// at the claimed term. Counted again, against the voters known then, when applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Votes {
+    pub claimant: u64,
+    pub term: u64,
+    /// Node ids of the confirming members.
+    pub confirmed_by: Vec<u64>,
 }
 
 impl GroupState {
@@ -147,9 +193,22 @@ impl GroupState {
         }
     }
 
-    /// Applies a checked announcement, or says why not. On `Ok` the state changed and must be
-    /// persisted before the announcer hears `Accepted`.
-    pub fn announce(&mut self, v: &VerifiedAnnouncement) -> Result<Accepted, Refusal> {
+    /// Applies a checked announcement, or says why not. On `Ok(Decision::Accepted)` the state
+    /// changed and must be persisted before the announcer hears `Accepted`.
+    ///
+    /// Founding and a refresh (the known leader at the known term) apply at once. Any other
+    /// claim (another leader, or a higher term) moves the proxy only with a majority of the
+    /// known voters: the claimant's own announcement is its vote if it is a voter, and the
+    /// others' are `votes`. Without `votes`, such a claim comes back as
+    /// `Decision::Confirm` saying whom to ask (unless the claimant's vote alone is a
+    /// majority); with `votes`, it is applied if they make a majority of the voters known now,
+    /// and refused `NotConfirmed` otherwise. Every other check runs again either way, so
+    /// votes gathered while the state moved on cannot apply a claim that went stale.
+    pub fn announce(
+        &mut self,
+        v: &VerifiedAnnouncement,
+        votes: Option<&Votes>,
+    ) -> Result<Decision, Refusal> {
         let a = v.announcement();
         let Some(group) = &mut self.group else {
             // Founding: only the group id this proxy handed out with the current lease. The
@@ -179,7 +238,7 @@ impl GroupState {
                 members: members_of(v, &[]),
             });
             self.lease = None;
-            return Ok(Accepted::Founded);
+            return Ok(Decision::Accepted(Accepted::Founded));
         };
         if a.group_id != group.group_id {
             return Err(Refusal::new(
@@ -228,17 +287,59 @@ impl GroupState {
             .leader
             .as_ref()
             .is_some_and(|l| l.node_id == a.node_id && l.term == a.term);
-        // HOOK (majority confirmation, a later issue): when `!same_leader` and the claimant is
-        // not the known leader, the proxy must first ask a majority of the known members whom
-        // they follow at which term, and move only when they confirm. Until then one member's
-        // signed word at a higher term moves the proxy.
+        if !same_leader {
+            // One member's word does not move the proxy: a majority of the voters it knows
+            // (from the list it trusts now, not the one the claimant sends) must follow the
+            // claimant at the claimed term.
+            let voters: Vec<&KnownMember> = group.members.iter().filter(|m| m.is_voter()).collect();
+            let majority = voters.len() / 2 + 1;
+            let own = usize::from(voters.iter().any(|m| m.node_id == a.node_id));
+            if own < majority {
+                let Some(votes) = votes else {
+                    return Ok(Decision::Confirm(ConfirmRequest {
+                        claimant: a.name.clone(),
+                        node_id: a.node_id,
+                        term: a.term,
+                        ask: voters
+                            .iter()
+                            .filter(|m| m.node_id != a.node_id)
+                            .map(|m| (*m).clone())
+                            .collect(),
+                        needed: majority - own,
+                        voters: voters.len(),
+                    }));
+                };
+                let for_this = votes.claimant == a.node_id && votes.term == a.term;
+                let confirmed: Vec<&str> = voters
+                    .iter()
+                    .filter(|m| {
+                        m.node_id == a.node_id
+                            || (for_this && votes.confirmed_by.contains(&m.node_id))
+                    })
+                    .map(|m| m.name.as_str())
+                    .collect();
+                if confirmed.len() < majority {
+                    return Err(Refusal::new(
+                        Rejection::NotConfirmed,
+                        format!(
+                            "{:?} at term {} is confirmed by {} of the {} known voters \
+                             ({confirmed:?}); {majority} needed",
+                            a.name,
+                            a.term,
+                            confirmed.len(),
+                            voters.len()
+                        ),
+                    ));
+                }
+            }
+        }
         group.members = members_of(v, &group.members);
         group.leader = Some(leader_of(v));
-        Ok(if same_leader {
+        Ok(Decision::Accepted(if same_leader {
             Accepted::Refreshed
         } else {
             Accepted::NewLeader
-        })
+        }))
     }
 
     /// The known leader as the wire names it.
@@ -301,7 +402,7 @@ fn members_of(v: &VerifiedAnnouncement, before: &[KnownMember]) -> Vec<KnownMemb
             name: a.name.clone(),
             node_id: a.node_id,
             addr: a.addr.clone(),
-            role: "voter".to_owned(),
+            role: VOTER.to_owned(),
             fingerprint: Some(v.fingerprint().0),
         });
     }
@@ -356,6 +457,29 @@ mod tests {
         s.where_is_leader(who, now, LEASE, || id)
     }
 
+    /// Announces without votes: founding and refreshes apply, new claims must not.
+    fn apply(s: &mut GroupState, v: VerifiedAnnouncement) -> Result<Accepted, Refusal> {
+        match s.announce(&v, None)? {
+            Decision::Accepted(a) => Ok(a),
+            Decision::Confirm(c) => panic!("needs confirmation: {c:?}"),
+        }
+    }
+
+    fn confirm_request(s: &mut GroupState, v: &VerifiedAnnouncement) -> ConfirmRequest {
+        match s.announce(v, None) {
+            Ok(Decision::Confirm(c)) => c,
+            other => panic!("expected a confirmation request, got {other:?}"),
+        }
+    }
+
+    fn votes(v: &VerifiedAnnouncement, by: &[u8]) -> Votes {
+        Votes {
+            claimant: v.announcement().node_id,
+            term: v.announcement().term,
+            confirmed_by: by.iter().map(|n| fp(*n).node_id()).collect(),
+        }
+    }
+
     fn reason(r: Result<Accepted, Refusal>) -> Rejection {
         r.expect_err("accepted").reason
     }
@@ -405,10 +529,10 @@ mod tests {
         ));
         // ...and the old holder's founding announcement is for another group now.
         assert_eq!(
-            reason(s.announce(&announce("a", 1, G1, 1, &[]))),
+            reason(apply(&mut s, announce("a", 1, G1, 1, &[]))),
             Rejection::OtherGroup
         );
-        assert!(s.announce(&announce("b", 2, G2, 1, &[])).is_ok());
+        assert!(apply(&mut s, announce("b", 2, G2, 1, &[])).is_ok());
     }
 
     #[test]
@@ -429,7 +553,7 @@ mod tests {
         let mut s = GroupState::default();
         ask(&mut s, "a", 0, G1);
         assert_eq!(
-            s.announce(&announce("a", 1, G1, 1, &[])),
+            apply(&mut s, announce("a", 1, G1, 1, &[])),
             Ok(Accepted::Founded)
         );
     }
@@ -438,12 +562,12 @@ mod tests {
     fn an_established_group_never_offers_a_bootstrap_again() {
         let mut s = GroupState::default();
         assert_eq!(
-            reason(s.announce(&announce("a", 1, G1, 1, &[]))),
+            reason(apply(&mut s, announce("a", 1, G1, 1, &[]))),
             Rejection::OtherGroup
         );
         ask(&mut s, "a", 0, G1);
         assert_eq!(
-            s.announce(&announce("a", 1, G1, 3, &[("a", 1), ("b", 2)])),
+            apply(&mut s, announce("a", 1, G1, 3, &[("a", 1), ("b", 2)])),
             Ok(Accepted::Founded)
         );
         assert!(s.lease.is_none());
@@ -467,39 +591,44 @@ mod tests {
     fn announcements_follow_the_group_rules() {
         let mut s = GroupState::default();
         ask(&mut s, "a", 0, G1);
-        s.announce(&announce("a", 1, G1, 2, &[("a", 1), ("b", 2)]))
-            .unwrap();
+        apply(&mut s, announce("a", 1, G1, 2, &[("a", 1), ("b", 2)])).unwrap();
 
         assert_eq!(
-            reason(s.announce(&announce("b", 2, G2, 9, &[]))),
+            reason(apply(&mut s, announce("b", 2, G2, 9, &[]))),
             Rejection::OtherGroup
         );
         assert_eq!(
-            reason(s.announce(&announce("b", 2, G1, 1, &[]))),
+            reason(apply(&mut s, announce("b", 2, G1, 1, &[]))),
             Rejection::StaleTerm
         );
         assert_eq!(
-            reason(s.announce(&announce("b", 2, G1, 2, &[]))),
+            reason(apply(&mut s, announce("b", 2, G1, 2, &[]))),
             Rejection::StaleTerm
         );
         assert_eq!(
-            reason(s.announce(&announce("c", 3, G1, 9, &[]))),
+            reason(apply(&mut s, announce("c", 3, G1, 9, &[]))),
             Rejection::NotAMember
         );
         // A listed name with another key is not that member.
         assert_eq!(
-            reason(s.announce(&announce("b", 4, G1, 9, &[]))),
+            reason(apply(&mut s, announce("b", 4, G1, 9, &[]))),
             Rejection::NotAMember
         );
         assert_eq!(s.leader_info().unwrap().name, "a");
 
         assert_eq!(
-            s.announce(&announce("a", 1, G1, 2, &[("a", 1), ("b", 2)])),
+            apply(&mut s, announce("a", 1, G1, 2, &[("a", 1), ("b", 2)])),
             Ok(Accepted::Refreshed)
         );
+        // Another leader: "a" must confirm it first (majority of two voters: both).
+        let by_b = announce("b", 2, G1, 3, &[("b", 2), ("c", 3)]);
+        let req = confirm_request(&mut s, &by_b);
+        assert_eq!((req.needed, req.voters, req.ask.len()), (1, 2, 1));
+        assert_eq!(req.ask[0].name, "a");
+        assert_eq!(s.leader_info().unwrap().name, "a", "asking moves nothing");
         assert_eq!(
-            s.announce(&announce("b", 2, G1, 3, &[("b", 2), ("c", 3)])),
-            Ok(Accepted::NewLeader)
+            s.announce(&by_b, Some(&votes(&by_b, &[1]))),
+            Ok(Decision::Accepted(Accepted::NewLeader))
         );
         let g = s.group.as_ref().unwrap();
         assert_eq!(g.leader.as_ref().unwrap().name, "b");
@@ -513,16 +642,112 @@ mod tests {
         assert_eq!(g.members[1].fingerprint, None);
         // "a" was dropped from the list, so it can no longer move the proxy.
         assert_eq!(
-            reason(s.announce(&announce("a", 1, G1, 4, &[]))),
+            reason(apply(&mut s, announce("a", 1, G1, 4, &[]))),
             Rejection::NotAMember
         );
+    }
+
+    #[test]
+    fn a_new_claim_moves_the_proxy_only_with_a_majority_of_the_known_voters() {
+        let mut s = GroupState::default();
+        ask(&mut s, "a", 0, G1);
+        let mut founding = announce("a", 1, G1, 1, &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        founding.announcement_mut().members[3].role = "learner".into();
+        apply(&mut s, founding).unwrap();
+
+        // "b" claims term 2: it is one of three voters, so one of "a" and "c" must confirm;
+        // "d" is a learner and is not asked.
+        let claim = announce("b", 2, G1, 2, &[("b", 2)]);
+        let req = confirm_request(&mut s, &claim);
+        let asked: Vec<_> = req.ask.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(asked, ["a", "c"]);
+        assert_eq!((req.claimant.as_str(), req.term), ("b", 2));
+        assert_eq!((req.needed, req.voters), (1, 3));
+        // Nobody, a learner, an unknown node, or votes for another claim: not enough.
+        for by in [votes(&claim, &[]), votes(&claim, &[4]), votes(&claim, &[9])] {
+            assert_eq!(
+                s.announce(&claim, Some(&by)).unwrap_err().reason,
+                Rejection::NotConfirmed
+            );
+        }
+        let other_term = Votes {
+            term: 3,
+            ..votes(&claim, &[3])
+        };
+        assert_eq!(
+            s.announce(&claim, Some(&other_term)).unwrap_err().reason,
+            Rejection::NotConfirmed
+        );
+        let other_claimant = Votes {
+            claimant: fp(3).node_id(),
+            ..votes(&claim, &[3])
+        };
+        assert_eq!(
+            s.announce(&claim, Some(&other_claimant))
+                .unwrap_err()
+                .reason,
+            Rejection::NotConfirmed
+        );
+        assert_eq!(
+            (
+                s.leader_info().unwrap().name.as_str(),
+                s.leader_info().unwrap().term
+            ),
+            ("a", 1)
+        );
+        // "c" confirms: two of three.
+        assert_eq!(
+            s.announce(&claim, Some(&votes(&claim, &[3]))),
+            Ok(Decision::Accepted(Accepted::NewLeader))
+        );
+        assert_eq!(s.leader_info().unwrap().name, "b");
+        // Its list ("b" alone) now is the known one; b's refreshes need nobody.
+        assert_eq!(
+            apply(&mut s, announce("b", 2, G1, 2, &[("b", 2), ("c", 3)])),
+            Ok(Accepted::Refreshed)
+        );
+        // The known leader at a higher term is a new claim too.
+        let again = announce("b", 2, G1, 3, &[("b", 2), ("c", 3)]);
+        let req = confirm_request(&mut s, &again);
+        assert_eq!((req.needed, req.voters), (1, 2));
+
+        // Votes gathered for a claim that went stale meanwhile apply nothing: "c" asks at
+        // term 3, and before its answers are in "b" is confirmed at term 4.
+        let by_c = announce("c", 3, G1, 3, &[("b", 2), ("c", 3)]);
+        assert_eq!(confirm_request(&mut s, &by_c).ask[0].name, "b");
+        let b4 = announce("b", 2, G1, 4, &[("b", 2), ("c", 3)]);
+        assert_eq!(
+            s.announce(&b4, Some(&votes(&b4, &[3]))),
+            Ok(Decision::Accepted(Accepted::NewLeader))
+        );
+        assert_eq!(
+            s.announce(&by_c, Some(&votes(&by_c, &[2])))
+                .unwrap_err()
+                .reason,
+            Rejection::StaleTerm
+        );
+        assert_eq!(s.leader_info().unwrap().term, 4);
+    }
+
+    #[test]
+    fn a_claimant_whose_own_vote_is_a_majority_needs_nobody() {
+        let mut s = GroupState::default();
+        ask(&mut s, "a", 0, G1);
+        let mut founding = announce("a", 1, G1, 1, &[("a", 1), ("b", 2)]);
+        founding.announcement_mut().members[1].role = "learner".into();
+        apply(&mut s, founding).unwrap();
+        assert_eq!(
+            apply(&mut s, announce("a", 1, G1, 2, &[("a", 1)])),
+            Ok(Accepted::NewLeader)
+        );
+        assert_eq!(s.leader_info().unwrap().term, 2);
     }
 
     #[test]
     fn a_leader_that_leaves_itself_out_is_still_listed() {
         let mut s = GroupState::default();
         ask(&mut s, "a", 0, G1);
-        s.announce(&announce("a", 1, G1, 1, &[("b", 2)])).unwrap();
+        apply(&mut s, announce("a", 1, G1, 1, &[("b", 2)])).unwrap();
         let names: Vec<_> = s
             .group
             .as_ref()
@@ -533,7 +758,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["b", "a"]);
         assert_eq!(
-            s.announce(&announce("a", 1, G1, 1, &[])),
+            apply(&mut s, announce("a", 1, G1, 1, &[])),
             Ok(Accepted::Refreshed)
         );
     }

@@ -93,7 +93,14 @@ impl Prober {
         }
     }
 
-    async fn probe_all(&self, members: &[KnownMember]) -> Vec<MemberStatus> {
+    /// Asks each of `members` for its status, all at once, each within `timeout`: one task
+    /// per member, yielding the member's index in `members` and its answer (or why there is
+    /// none). Dropping the set aborts the probes still running.
+    pub(crate) fn spawn_probes(
+        &self,
+        members: &[KnownMember],
+        timeout: Duration,
+    ) -> JoinSet<(usize, Result<PeerStatus, String>)> {
         let mut probes = JoinSet::new();
         for (i, m) in members.iter().enumerate() {
             let (endpoint, config, trust, m) = (
@@ -103,27 +110,25 @@ impl Prober {
                 m.clone(),
             );
             probes.spawn(async move {
-                let answer = tokio::time::timeout(
-                    Duration::from_millis(STATUS_PROBE_TIMEOUT_MS),
-                    probe(&endpoint, config, &trust, &m),
-                )
-                .await
-                .unwrap_or_else(|_| Err("no answer within the probe timeout".into()));
-                let status = match answer {
-                    Ok(s) => Some(s),
-                    Err(why) => {
-                        debug!(member = %m.name, addr = %m.addr, "member unreachable: {why}");
-                        None
-                    }
-                };
-                (i, member_status(&m, status))
+                let answer = tokio::time::timeout(timeout, probe(&endpoint, config, &trust, &m))
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within the probe timeout".into()));
+                if let Err(why) = &answer {
+                    debug!(member = %m.name, addr = %m.addr, "member unreachable: {why}");
+                }
+                (i, answer)
             });
         }
+        probes
+    }
+
+    async fn probe_all(&self, members: &[KnownMember]) -> Vec<MemberStatus> {
+        let mut probes = self.spawn_probes(members, Duration::from_millis(STATUS_PROBE_TIMEOUT_MS));
         // Every probe ends within its timeout, so this ends too.
         let mut out: Vec<Option<MemberStatus>> = vec![None; members.len()];
         while let Some(done) = probes.join_next().await {
-            if let Ok((i, status)) = done {
-                out[i] = Some(status);
+            if let Ok((i, answer)) = done {
+                out[i] = Some(member_status(&members[i], answer.ok()));
             }
         }
         out.into_iter()

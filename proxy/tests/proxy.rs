@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use conclave_keymanager::client::KeymanagerClient;
 use conclave_keymanager::{Keymanager, KeymanagerError, KeymanagerOptions};
@@ -503,7 +504,7 @@ async fn a_restarted_proxy_keeps_its_group_and_never_offers_a_bootstrap_again() 
 }
 
 #[tokio::test]
-async fn forged_announcements_do_not_move_the_proxy_and_a_member_at_a_higher_term_does() {
+async fn forged_announcements_do_not_move_the_proxy_nor_does_one_members_word() {
     let km_dir = tempfile::tempdir().unwrap();
     let proxy_dir = tempfile::tempdir().unwrap();
     let km = Km::start(km_dir.path()).await;
@@ -606,74 +607,383 @@ async fn forged_announcements_do_not_move_the_proxy_and_a_member_at_a_higher_ter
         );
     }
 
-    // A known member at a higher term moves it; its list replaces the known one.
-    assert_eq!(
+    // A known member's genuine announcement at a higher term: alice, the other voter, does
+    // not answer to confirm it, so it moves nothing either (majority confirmation is tested
+    // below with members that answer).
+    still_alice(
         announce(&cb, &bob.signed(g, 6, &[&bob, &carol])).await,
-        FromProxy::Accepted
+        Rejection::NotConfirmed,
     );
     let l = leader(ask(&cc).await);
-    assert_eq!(
-        (l.name.as_str(), l.node_id, l.term),
-        ("bob", bob.node_id, 6)
-    );
-    assert_eq!(
-        announce(&cc, &carol.signed(g, 7, &[&bob, &carol])).await,
-        FromProxy::Accepted,
-        "carol is listed now"
-    );
+    assert_eq!((l.name.as_str(), l.term), ("alice", 5));
     proxy.stop().await;
     km.stop().await;
 }
 
-/// A member's `conclave/peer/1` server that answers `Status` and nothing else, admitting the
-/// proxy's certificate.
-fn fake_peer(
-    member: &Member,
-    root: &PublicKey,
-    head: (u64, String),
-) -> (quinn::Endpoint, JoinHandle<()>) {
-    let trust = MemberTrust::new(
-        root.clone(),
-        &[Role::Member, Role::Proxy],
-        RevokedSerials::new(),
-    );
-    let cfg = quic::server_config(
-        &member.tls,
-        ClientAuth::Members(trust.clone()),
-        &[peer::ALPN],
-    )
-    .unwrap();
-    let endpoint = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let status = PeerStatus {
-        name: member.name.clone(),
-        node_id: member.node_id,
-        role: Some(WireRole::Voter),
-        leader: Some(member.name.clone()),
-        term: 1,
-        head_height: Some(head.0),
-        head_hash: Some(head.1),
-    };
-    let accepting = endpoint.clone();
-    let task = tokio::spawn(async move {
-        while let Some(incoming) = accepting.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            let who = quic::peer_cert(&conn, &trust).expect("a verified client");
-            assert_eq!(who.role(), Role::Proxy, "only the proxy asks here");
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let req = read_frame::<_, ToPeer>(&mut recv, peer::MAX_REQUEST_BYTES).await;
-                assert!(matches!(req, Ok(Some(ToPeer::Status))), "{req:?}");
-                write_frame(
-                    &mut send,
-                    &FromPeer::Status(status.clone()),
-                    peer::MAX_RESPONSE_BYTES,
-                )
-                .await
-                .unwrap();
-                let _ = send.finish();
+/// A member's `conclave/peer/1` server that answers `Status` (as the test scripts it) and
+/// nothing else, admitting the proxy's certificate only, and counting the questions.
+struct FakePeer {
+    endpoint: quinn::Endpoint,
+    addr: String,
+    status: Arc<Mutex<PeerStatus>>,
+    asked: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakePeer {
+    /// Starts answering as `member`, following itself at term 1, with head `head`.
+    fn start(member: &Member, root: &PublicKey, head: (u64, String)) -> Self {
+        let trust = MemberTrust::new(
+            root.clone(),
+            &[Role::Member, Role::Proxy],
+            RevokedSerials::new(),
+        );
+        let cfg = quic::server_config(
+            &member.tls,
+            ClientAuth::Members(trust.clone()),
+            &[peer::ALPN],
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let status = Arc::new(Mutex::new(PeerStatus {
+            name: member.name.clone(),
+            node_id: member.node_id,
+            role: Some(WireRole::Voter),
+            leader: Some(member.name.clone()),
+            term: 1,
+            head_height: Some(head.0),
+            head_hash: Some(head.1),
+        }));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let accepting = endpoint.clone();
+        let (answer, count) = (status.clone(), asked.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Some(incoming) = accepting.accept().await {
+                let (trust, answer, count) = (trust.clone(), answer.clone(), count.clone());
+                conns.spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let who = quic::peer_cert(&conn, &trust).expect("a verified client");
+                    assert_eq!(who.role(), Role::Proxy, "only the proxy asks here");
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let req = read_frame::<_, ToPeer>(&mut recv, peer::MAX_REQUEST_BYTES).await;
+                        assert!(matches!(req, Ok(Some(ToPeer::Status))), "{req:?}");
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let reply = FromPeer::Status(answer.lock().unwrap().clone());
+                        let _ = write_frame(&mut send, &reply, peer::MAX_RESPONSE_BYTES).await;
+                        let _ = send.finish();
+                    }
+                });
             }
+        });
+        FakePeer {
+            addr: endpoint.local_addr().unwrap().to_string(),
+            endpoint,
+            status,
+            asked,
+            task,
         }
-    });
-    (endpoint, task)
+    }
+
+    /// From now on reports following `leader` at `term`.
+    fn follows(&self, leader: &Member, term: u64) {
+        let mut s = self.status.lock().unwrap();
+        s.leader = Some(leader.name.clone());
+        s.term = term;
+    }
+
+    /// How many `Status` requests it has answered.
+    fn asked(&self) -> usize {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.endpoint.close(0u32.into(), b"test over");
+        self.task.abort();
+    }
+}
+
+/// `announcer`'s announcement at `term`, leading from `addr`, listing `members` at the
+/// addresses given (all voters).
+fn signed_at(
+    announcer: &Member,
+    group_id: [u8; 16],
+    term: u64,
+    members: &[(&Member, &str)],
+) -> SignedAnnouncement {
+    let mut a = announcer.announcement(group_id, term, &[]);
+    a.members = members.iter().map(|(m, addr)| m.info(addr)).collect();
+    if let Some((_, addr)) = members.iter().find(|(m, _)| m.name == announcer.name) {
+        a.addr = (*addr).to_owned();
+    }
+    SignedAnnouncement::sign(announcer.key, &a).unwrap()
+}
+
+/// The leader joiners are sent to now, as (name, term).
+async fn current_leader(c: &ProxyClient) -> (String, u64) {
+    let l = leader(ask(c).await);
+    (l.name, l.term)
+}
+
+fn head() -> (u64, String) {
+    (1, "cd".repeat(32))
+}
+
+#[tokio::test]
+async fn one_members_word_at_a_higher_term_does_not_move_the_proxy() {
+    let km_dir = tempfile::tempdir().unwrap();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let km = Km::start(km_dir.path()).await;
+    let trust = km.trust();
+    let proxy = ProxyServer::start(proxy_dir.path(), &km, conclave_proxy::LEASE_MS).await;
+    let alice = km.member(&keys()[0], "alice").await;
+    let bob = km.member(&keys()[1], "bob").await;
+    let carol = km.member(&keys()[2], "carol").await;
+    let pa = FakePeer::start(&alice, &km.root, head());
+    let pb = FakePeer::start(&bob, &km.root, head());
+    // Carol is listed at an address nobody answers: asking her takes the whole probe timeout.
+    let (_idle, carol_addr) = idle_addr();
+    let members = [
+        (&alice, pa.addr.as_str()),
+        (&bob, pb.addr.as_str()),
+        (&carol, carol_addr.as_str()),
+    ];
+
+    let ca = alice.client(&proxy, trust.clone()).await;
+    let FromProxy::Bootstrap { group_id: g, .. } = ask(&ca).await else {
+        panic!("no bootstrap")
+    };
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+        FromProxy::Accepted
+    );
+    pa.follows(&alice, 5);
+    pb.follows(&bob, 6);
+
+    // Bob claims term 6. Alice still follows herself at term 5 and carol does not answer:
+    // bob's own vote is one of three, so the proxy stays with alice.
+    let cb = bob.client(&proxy, trust.clone()).await;
+    let claim = signed_at(&bob, g, 6, &members);
+    let started = Instant::now();
+    let announcing = {
+        let (cb, claim) = (bob.client(&proxy, trust.clone()).await, claim.clone());
+        tokio::spawn(async move { announce(&cb, &claim).await })
+    };
+    // While the proxy asks, joiners are still sent to alice, at once.
+    let cc = carol.client(&proxy, trust.clone()).await;
+    within("alice asked", async {
+        while pa.asked() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(current_leader(&cc).await, ("alice".to_owned(), 5));
+    assert!(
+        !announcing.is_finished(),
+        "the round waits for carol's probe to time out"
+    );
+    // A second announcement while the round is under way is refused at once.
+    let (reason, l) = rejection(announce(&cb, &claim).await);
+    assert_eq!(reason, Rejection::NotConfirmed);
+    assert_eq!(l.map(|l| (l.name, l.term)), Some(("alice".to_owned(), 5)));
+
+    let outcome = within("the confirmation round", announcing).await.unwrap();
+    let FromProxy::Rejected {
+        reason,
+        message,
+        leader: l,
+    } = outcome
+    else {
+        panic!("bob's word moved the proxy: {outcome:?}")
+    };
+    assert_eq!(reason, Rejection::NotConfirmed);
+    assert!(
+        message.contains("alice follows alice at term 5"),
+        "{message}"
+    );
+    assert!(message.contains("carol did not answer"), "{message}");
+    assert_eq!(l.map(|l| (l.name, l.term)), Some(("alice".to_owned(), 5)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(conclave_proxy::CONFIRM_PROBE_TIMEOUT_MS),
+        "the round ended before carol's probe could time out"
+    );
+    assert_eq!(
+        pb.asked(),
+        0,
+        "the claimant is not asked: its announcement is its vote"
+    );
+    for c in [&ca, &cb, &cc] {
+        assert_eq!(current_leader(c).await, ("alice".to_owned(), 5));
+    }
+    // A follower at the claimed term but following someone else does not confirm either.
+    pa.follows(&carol, 6);
+    tokio::time::sleep(Duration::from_millis(
+        conclave_proxy::CONFIRM_MIN_INTERVAL_MS,
+    ))
+    .await;
+    assert_eq!(
+        rejection(announce(&cb, &claim).await).0,
+        Rejection::NotConfirmed
+    );
+    assert_eq!(current_leader(&cc).await, ("alice".to_owned(), 5));
+    pa.stop();
+    pb.stop();
+    proxy.stop().await;
+    km.stop().await;
+}
+
+#[tokio::test]
+async fn a_majority_of_the_known_voters_following_the_claimant_moves_the_proxy() {
+    let km_dir = tempfile::tempdir().unwrap();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let km = Km::start(km_dir.path()).await;
+    let trust = km.trust();
+    let proxy = ProxyServer::start(proxy_dir.path(), &km, conclave_proxy::LEASE_MS).await;
+    let alice = km.member(&keys()[0], "alice").await;
+    let bob = km.member(&keys()[1], "bob").await;
+    let carol = km.member(&keys()[2], "carol").await;
+    let dave = km.member(&keys()[3], "dave").await;
+    // Four voters, so three make a majority. Alice, the old leader, is dead.
+    let (_idle, alice_addr) = idle_addr();
+    let pc = FakePeer::start(&carol, &km.root, head());
+    let pd = FakePeer::start(&dave, &km.root, head());
+    let members = [
+        (&alice, alice_addr.as_str()),
+        (&bob, NOWHERE),
+        (&carol, pc.addr.as_str()),
+        (&dave, pd.addr.as_str()),
+    ];
+    let ca = alice.client(&proxy, trust.clone()).await;
+    let FromProxy::Bootstrap { group_id: g, .. } = ask(&ca).await else {
+        panic!("no bootstrap")
+    };
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+        FromProxy::Accepted
+    );
+
+    // Carol follows bob at term 6, dave still alice at term 5: bob and carol are two of four.
+    pc.follows(&bob, 6);
+    pd.follows(&alice, 5);
+    let cb = bob.client(&proxy, trust.clone()).await;
+    let claim = signed_at(
+        &bob,
+        g,
+        6,
+        &[
+            (&bob, NOWHERE),
+            (&carol, pc.addr.as_str()),
+            (&dave, pd.addr.as_str()),
+        ],
+    );
+    let (reason, _) = rejection(announce(&cb, &claim).await);
+    assert_eq!(reason, Rejection::NotConfirmed);
+    assert_eq!(current_leader(&cb).await, ("alice".to_owned(), 5));
+
+    // Dave has heard of the election too: three of four.
+    pd.follows(&bob, 6);
+    tokio::time::sleep(Duration::from_millis(
+        conclave_proxy::CONFIRM_MIN_INTERVAL_MS,
+    ))
+    .await;
+    let started = Instant::now();
+    assert_eq!(announce(&cb, &claim).await, FromProxy::Accepted);
+    assert!(
+        started.elapsed() < Duration::from_millis(conclave_proxy::CONFIRM_PROBE_TIMEOUT_MS),
+        "a confirmed majority does not wait for the dead old leader's probe"
+    );
+    let l = leader(ask(&ca).await);
+    assert_eq!(
+        (l.name.as_str(), l.node_id, l.term),
+        ("bob", bob.node_id, 6)
+    );
+    // Bob's list is the known one now: alice is gone, and bob's refreshes need nobody.
+    let (asked_c, asked_d) = (pc.asked(), pd.asked());
+    assert_eq!(announce(&cb, &claim).await, FromProxy::Accepted);
+    assert_eq!((pc.asked(), pd.asked()), (asked_c, asked_d));
+    let (reason, _) = rejection(announce(&ca, &signed_at(&alice, g, 7, &members)).await);
+    assert_eq!(reason, Rejection::NotAMember);
+    pc.stop();
+    pd.stop();
+    proxy.stop().await;
+    km.stop().await;
+}
+
+#[tokio::test]
+async fn founding_and_refreshes_need_no_confirmation_but_a_higher_term_does() {
+    let km_dir = tempfile::tempdir().unwrap();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let km = Km::start(km_dir.path()).await;
+    let trust = km.trust();
+    let proxy = ProxyServer::start(proxy_dir.path(), &km, conclave_proxy::LEASE_MS).await;
+    let alice = km.member(&keys()[0], "alice").await;
+    let bob = km.member(&keys()[1], "bob").await;
+    let carol = km.member(&keys()[2], "carol").await;
+    let pb = FakePeer::start(&bob, &km.root, head());
+    let pc = FakePeer::start(&carol, &km.root, head());
+    let members = [
+        (&alice, NOWHERE),
+        (&bob, pb.addr.as_str()),
+        (&carol, pc.addr.as_str()),
+    ];
+
+    // Founding lists three voters, but there is no group to ask yet.
+    let ca = alice.client(&proxy, trust.clone()).await;
+    let FromProxy::Bootstrap { group_id: g, .. } = ask(&ca).await else {
+        panic!("no bootstrap")
+    };
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+        FromProxy::Accepted
+    );
+    // Refreshes, one with a new member list, many in a row (no rate limit applies).
+    for _ in 0..3 {
+        assert_eq!(
+            announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+            FromProxy::Accepted
+        );
+    }
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members[..2])).await,
+        FromProxy::Accepted
+    );
+    assert_eq!((pb.asked(), pc.asked()), (0, 0), "nobody was asked");
+    // With every other voter down, the known leader's refresh still goes through.
+    pb.stop();
+    pc.stop();
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+        FromProxy::Accepted
+    );
+
+    // The same leader at a higher term (re-elected) is a new claim: bob must confirm it.
+    let pb = FakePeer::start(&bob, &km.root, head());
+    let pc = FakePeer::start(&carol, &km.root, head());
+    let members = [
+        (&alice, NOWHERE),
+        (&bob, pb.addr.as_str()),
+        (&carol, pc.addr.as_str()),
+    ];
+    // Bob and carol moved: the known list must say where they are now.
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 5, &members)).await,
+        FromProxy::Accepted
+    );
+    pb.follows(&alice, 6);
+    pc.follows(&carol, 6);
+    assert_eq!(
+        announce(&ca, &signed_at(&alice, g, 6, &members)).await,
+        FromProxy::Accepted
+    );
+    assert_eq!(current_leader(&ca).await, ("alice".to_owned(), 6));
+    assert!(
+        pb.asked() + pc.asked() >= 1,
+        "a higher term was taken on one member's word"
+    );
+    pb.stop();
+    pc.stop();
+    proxy.stop().await;
+    km.stop().await;
 }
 
 #[tokio::test]
@@ -687,8 +997,8 @@ async fn status_needs_no_certificate_and_reports_each_member() {
     let bob = km.member(&keys()[1], "bob").await;
     let carol = km.member(&keys()[2], "carol").await;
     let hash = "ab".repeat(32);
-    let (alice_ep, alice_task) = fake_peer(&alice, &km.root, (7, hash.clone()));
-    let alice_addr = alice_ep.local_addr().unwrap().to_string();
+    let alice_peer = FakePeer::start(&alice, &km.root, (7, hash.clone()));
+    let alice_addr = alice_peer.addr.clone();
     let (_idle, bob_addr) = idle_addr();
     // Carol's address answers, but with alice's certificate: not carol.
     let carol_addr = alice_addr.clone();
@@ -745,8 +1055,7 @@ async fn status_needs_no_certificate_and_reports_each_member() {
         .await
         .unwrap();
     assert!(matches!(raw, FromProxy::Status(s) if s.members.len() == 3));
-    alice_ep.close(0u32.into(), b"test over");
-    alice_task.abort();
+    alice_peer.stop();
     proxy.stop().await;
     km.stop().await;
 }

@@ -115,6 +115,28 @@ pub struct RaftConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Build a snapshot of the chain once this many Raft entries were applied since the last
+    /// one. 0, or absent from the file: never (the log is then never purged either).
+    #[serde(default)]
+    pub snapshot_every_entries: u64,
+    /// Raft entries already inside a snapshot that are kept in the log anyway, so a member
+    /// only a little behind catches up from the log rather than by a whole snapshot. Older
+    /// ones are purged. Absent: [`DEFAULT_KEEP_LOG_ENTRIES`].
+    #[serde(default = "default_keep_log_entries")]
+    pub keep_log_entries: u64,
+}
+
+/// `raft.keep_log_entries` when the file does not say (openraft's own default).
+pub const DEFAULT_KEEP_LOG_ENTRIES: u64 = 1_000;
+/// A smaller nonzero `raft.snapshot_every_entries` would copy the whole chain every few
+/// entries.
+pub const MIN_SNAPSHOT_EVERY_ENTRIES: u64 = 100;
+/// Beyond this, `raft.snapshot_every_entries` and `raft.keep_log_entries` are typos rather
+/// than settings.
+pub const MAX_RAFT_ENTRY_COUNT: u64 = 1_000_000_000;
+
+fn default_keep_log_entries() -> u64 {
+    DEFAULT_KEEP_LOG_ENTRIES
 }
 
 /// Rules a new group writes into its genesis block; fixed for the group's life.
@@ -152,6 +174,8 @@ impl Default for Config {
                 heartbeat_ms: 50,
                 election_timeout_min_ms: 150,
                 election_timeout_max_ms: 300,
+                snapshot_every_entries: 10_000,
+                keep_log_entries: DEFAULT_KEEP_LOG_ENTRIES,
             },
             group: GroupConfig {
                 max_voters: 5,
@@ -228,6 +252,24 @@ impl Config {
                     "{} must be greater than raft.election_timeout_min_ms ({})",
                     r.election_timeout_max_ms, r.election_timeout_min_ms
                 ),
+            );
+        }
+        if r.snapshot_every_entries != 0
+            && !(MIN_SNAPSHOT_EVERY_ENTRIES..=MAX_RAFT_ENTRY_COUNT)
+                .contains(&r.snapshot_every_entries)
+        {
+            return bad(
+                "raft.snapshot_every_entries",
+                format!(
+                    "{} is neither 0 (never) nor in {MIN_SNAPSHOT_EVERY_ENTRIES}..={MAX_RAFT_ENTRY_COUNT}",
+                    r.snapshot_every_entries
+                ),
+            );
+        }
+        if r.keep_log_entries > MAX_RAFT_ENTRY_COUNT {
+            return bad(
+                "raft.keep_log_entries",
+                format!("{} is more than {MAX_RAFT_ENTRY_COUNT}", r.keep_log_entries),
             );
         }
         if !(1..=MAX_VOTERS_LIMIT).contains(&self.group.max_voters) {
@@ -320,6 +362,15 @@ mod tests {
             "raft.election_timeout_max_ms"
         );
         let mut c = Config::default();
+        c.raft.snapshot_every_entries = MIN_SNAPSHOT_EVERY_ENTRIES - 1;
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "raft.snapshot_every_entries"
+        );
+        let mut c = Config::default();
+        c.raft.keep_log_entries = MAX_RAFT_ENTRY_COUNT + 1;
+        assert_eq!(field_of(c.validate().unwrap_err()), "raft.keep_log_entries");
+        let mut c = Config::default();
         c.group.max_voters = 0;
         assert_eq!(field_of(c.validate().unwrap_err()), "group.max_voters");
         let mut c = Config::default();
@@ -353,6 +404,21 @@ mod tests {
         let text = SHIPPED.replace("key_bits: 2048", "key_bits: 1000");
         let err = Config::from_yaml(&text, Path::new("x.yml")).unwrap_err();
         assert_eq!(field_of(err), "identity.key_bits");
+    }
+
+    #[test]
+    fn snapshots_are_off_when_the_file_does_not_mention_them() {
+        let text = SHIPPED
+            .lines()
+            .filter(|l| !l.contains("snapshot_every_entries") && !l.contains("keep_log_entries"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::from_yaml(&text, Path::new("x.yml")).unwrap();
+        assert_eq!(cfg.raft.snapshot_every_entries, 0);
+        assert_eq!(cfg.raft.keep_log_entries, DEFAULT_KEEP_LOG_ENTRIES);
+        let text = SHIPPED.replace("snapshot_every_entries: 10000", "snapshot_every_entries: 0");
+        let cfg = Config::from_yaml(&text, Path::new("x.yml")).unwrap();
+        assert_eq!(cfg.raft.snapshot_every_entries, 0);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub async fn run(args: PeerArgs, json: bool, config: Config) -> anyhow::Result<(
         heartbeat_ms: config.raft.heartbeat_ms,
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
+        snapshot_every_entries: config.raft.snapshot_every_entries,
+        keep_log_entries: config.raft.keep_log_entries,
         rules: Rules {
             max_record_bytes: config.group.max_record_bytes,
             share_history: config.group.share_history,
@@ -123,7 +125,14 @@ fn read_stdin(commands: mpsc::Sender<Command>, shutdown: CancellationToken, json
                     shutdown.cancel();
                     return;
                 }
-                "/help" => println!("type a line to append it; /exit stops this member"),
+                "/leave" => {
+                    if commands.blocking_send(Command::Leave).is_err() {
+                        return;
+                    }
+                }
+                "/help" => println!(
+                    "type a line to append it; /leave leaves the group for good; /exit (or $exit) stops this member, which stays in the group"
+                ),
                 cmd if cmd.starts_with('/') => {
                     let msg = format!("unknown command {cmd:?}; /help lists the commands");
                     event(json, "error", json!({"message": msg}), || msg.clone());
@@ -237,6 +246,12 @@ fn print_event(json: bool, e: &Event) {
                 )
             }
         }
+        Event::SnapshotInstalled { height } => event(
+            json,
+            "snapshot_installed",
+            json!({"height": height}),
+            || format!("state installed from a snapshot at height {height}"),
+        ),
         Event::Error { message } => event(json, "error", json!({"message": message}), || {
             format!("error: {message}")
         }),

@@ -278,3 +278,78 @@ pub fn assert_same_chains(chains: &[(&str, Vec<conclave_shared::chain::StoredBlo
         );
     }
 }
+
+impl Cluster {
+    /// The identity key of peer `name`, read from its data directory.
+    pub fn identity_of(&self, name: &str) -> conclave_shared::identity::Identity {
+        conclave_shared::identity::Identity::load_pem(
+            &self.path().join("peers").join(name).join("identity.pem"),
+        )
+        .expect("identity")
+    }
+
+    /// `conclave keymanager revoke NAME` through the binary, with the admin token.
+    pub fn revoke(&self, name: &str) {
+        let mut cmd = conclave(self.path());
+        cmd.args([
+            "keymanager",
+            "--data",
+            "km",
+            "revoke",
+            name,
+            "--keymanager",
+            &self.km_addr.to_string(),
+        ]);
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(0), "revoke failed: {}", out.stderr);
+    }
+}
+
+impl Cluster {
+    /// Writes `yaml` into the cluster's directory as `file` and returns its path, to pass to
+    /// processes as `--config PATH` (see [`Cluster::start_peer_with`]).
+    pub fn write_config(&self, file: &str, yaml: &str) -> PathBuf {
+        let path = self.path().join(file);
+        std::fs::write(&path, yaml).expect("write config file");
+        path
+    }
+
+    /// Starts peer `name` as [`Cluster::start_peer`] does, with `extra` arguments after the
+    /// usual ones (global flags such as `--config FILE` are accepted there too), and waits for
+    /// its `listening` line.
+    pub fn start_peer_with(
+        &mut self,
+        name: &str,
+        listen: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> &mut Peer {
+        let mut cmd = self.peer_command(name, listen);
+        cmd.args(extra);
+        let mut proc = Proc::spawn(&mut cmd);
+        let ev = proc.wait_event("listening", |v| v["role"] == "peer");
+        let addr = ev["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("listening addr");
+        let data = self.path().join("peers").join(name);
+        self.peers
+            .insert(name.to_owned(), Peer { proc, addr, data });
+        self.peers.get_mut(name).expect("just inserted")
+    }
+
+    /// Servers and `n` peers p1..pn started one after the other, each joined, every peer
+    /// with `--config` pointing at `yaml` (written as `peers.yml` in the cluster's directory;
+    /// its path is returned too, for peers started later). The key manager and the proxy
+    /// take what they need from their flags.
+    pub fn with_peers_config(n: usize, yaml: &str) -> (Self, PathBuf) {
+        let mut c = Self::servers();
+        let config = c.write_config("peers.yml", yaml);
+        let path = config.to_str().expect("a UTF-8 temp path").to_owned();
+        for i in 1..=n {
+            let name = format!("p{i}");
+            c.start_peer_with(&name, None, &["--config", &path]);
+            c.wait_joined(&name);
+        }
+        (c, config)
+    }
+}

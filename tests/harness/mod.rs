@@ -180,9 +180,12 @@ impl Proc {
         self.wait_status(DEADLINE)
     }
 
-    /// Waits for the process to exit by itself (say, after `/exit`).
+    /// Waits for the process to exit by itself (say, after `/exit`), then reads what it
+    /// printed before it went.
     pub fn wait_exit_status(&mut self) -> ExitStatus {
-        self.wait_status(DEADLINE)
+        let status = self.wait_status(DEADLINE);
+        while self.next_line(Duration::from_millis(300)).is_some() {}
+        status
     }
 
     /// SIGKILL, no chance to clean up.

@@ -15,7 +15,10 @@
 //!    `Duplicate { height }` of the block that has it; nothing is written. This is the
 //!    author's retry after a lost answer.
 //! 4. `ChainState::apply` accepts it → the block. Otherwise → a `refused` block naming the
-//!    batch's author (records only) and the reason, cut to `MAX_REASON_BYTES`.
+//!    batch's author (records only) and the reason, cut to `MAX_REASON_BYTES`. Those checks
+//!    include the leader signature of a system block against the entry's log id: a leader
+//!    that signed for another term than the one its entry got is refused here like any other
+//!    bad signature, alike on every replica.
 //!
 //! A refused block's `entry_digest` is SHA-256 of the proposal's body bytes as proposed, so
 //! an author can recognise its own refused batch by hashing the bytes it sent.
@@ -195,8 +198,10 @@ impl SmState {
             author,
             reason: reason.clone(),
         });
-        // A refusal always passes; if it ever did not, the rules changed under us and
-        // going on would fork this replica from the others.
+        // A refusal always passes: it is signed by nobody, and its place (the next height,
+        // the entry's term and leader) passes because openraft commits log ids in order of
+        // (term, leader). If it ever did not, the rules changed under us and going on would
+        // fork this replica from the others.
         chain.apply(&header, &body).map_err(|e| {
             StoreError::Invariant(format!("a refused block did not pass the chain rules: {e}"))
         })?;

@@ -51,6 +51,14 @@ pub enum StoreError {
     BatchMismatch(String),
     #[error("the snapshot is refused: {0}")]
     BadSnapshot(String),
+    #[error("snapshot file {path}: {source}")]
+    SnapshotFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("already receiving {0} snapshots; try again later")]
+    SnapshotsBusy(usize),
     #[error("an internal check failed: {0}; this is a bug in Conclave, please report it")]
     Invariant(String),
     #[error("a storage task failed: {0}")]

@@ -17,19 +17,23 @@
 //! # Layout
 //! - `schema`: tables and the format version; `disk`: bounded bincode for openraft's types.
 //! - `log`: [`LogStore`]. `apply`: entry → block, deterministically. `replay`: rebuilding
-//!   and verifying. `state_machine`: [`StateMachineStore`]. `snapshot`: the snapshot layout.
+//!   and verifying. `state_machine`: [`StateMachineStore`]. `snapshot`: the snapshot layout,
+//!   building, checking and installing. `spool`: snapshot files ([`SnapshotFile`], openraft's
+//!   snapshot data). `inbox`: [`SnapshotInbox`], receiving and verifying another member's.
 //! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
 //! - `error`: [`StoreError`].
 
 mod apply;
 mod disk;
 mod error;
+mod inbox;
 mod log;
 mod outbox;
 mod reader;
 mod replay;
 mod schema;
 mod snapshot;
+mod spool;
 mod state_machine;
 
 #[cfg(test)]
@@ -42,11 +46,13 @@ use conclave_shared::identity::PublicKey;
 use tokio::sync::watch;
 
 pub use error::StoreError;
+pub use inbox::{Incoming, SnapshotInbox, MAX_INCOMING_SNAPSHOTS};
 pub use log::{LogStore, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES};
 pub use outbox::{InflightBatch, Outbox};
 pub use reader::{ChainReader, ChainView, MemberInfo, MAX_BLOCKS_PER_READ, MAX_BLOCK_READ_BYTES};
 pub use schema::{DB_FILE, STORE_FORMAT_VERSION};
 pub use snapshot::{SnapshotBuilder, SNAPSHOT_FORMAT_VERSION};
+pub use spool::{SnapshotFile, SNAPSHOT_DIR};
 pub use state_machine::StateMachineStore;
 
 /// The opened store, in the pieces its users need.
@@ -73,12 +79,14 @@ impl Store {
         })?;
         let db = Arc::new(schema::open_db(&dir.join(DB_FILE))?);
         let state = replay::recover(&db, &root)?;
+        let spool = spool::Spool::open(dir)?;
         let root = Arc::new(root);
         let (view_tx, view_rx) = watch::channel(ChainView::of(&state));
+        let inbox = SnapshotInbox::new(spool.clone(), root.clone());
         Ok(Store {
             log: LogStore::new(db.clone()),
-            state_machine: StateMachineStore::new(db.clone(), root.clone(), state, view_tx),
-            chain: ChainReader::new(db.clone(), root, view_rx),
+            state_machine: StateMachineStore::new(db.clone(), root.clone(), state, spool, view_tx),
+            chain: ChainReader::new(db.clone(), root, view_rx, inbox),
             outbox: Outbox::new(db),
         })
     }

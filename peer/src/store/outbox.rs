@@ -202,6 +202,23 @@ impl Outbox {
         Ok(n)
     }
 
+    /// The batch in flight was refused only because its key is too old (a member left since
+    /// it was sealed): it is forgotten but its records stay pending, to be sealed again
+    /// under the newest key with the same seqs. Returns how many records it carried.
+    pub fn reset_inflight(&self) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().db()?;
+        let n = {
+            let mut inflight = tx.open_table(OUTBOX_INFLIGHT).db()?;
+            let Some((_, seqs)) = inflight_seqs(&inflight)? else {
+                return Ok(0);
+            };
+            inflight.remove(INFLIGHT_BATCH).db()?;
+            seqs.len()
+        };
+        tx.commit().db()?;
+        Ok(n)
+    }
+
     /// The batch in flight was refused, so the chain did not take its seqs: its records are
     /// dropped and every later record is renumbered down to close the gap, in one
     /// transaction. Returns how many records were dropped.

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::apply::SmState;
 use super::error::{DbResult, StoreError};
+use super::inbox::SnapshotInbox;
 use super::replay::decode_block;
 use super::schema::BLOCKS;
 use crate::types::LogId;
@@ -40,6 +41,12 @@ pub struct ChainView {
     pub last_applied: Option<LogId>,
     /// The chain's rules and members at the head; `None` before genesis.
     pub state: Option<Arc<ChainState>>,
+    /// How many snapshots were installed since the store opened. A follower that sees this
+    /// change knows the blocks up to [`ChainView::snapshot_height`] came whole, not applied
+    /// one by one.
+    pub snapshots_installed: u64,
+    /// The head height of the last snapshot installed; `None` if none was (or it was empty).
+    pub snapshot_height: Option<u64>,
 }
 
 impl ChainView {
@@ -48,6 +55,8 @@ impl ChainView {
             head: state.head,
             last_applied: state.last_applied,
             state: state.chain.clone().map(Arc::new),
+            snapshots_installed: 0,
+            snapshot_height: None,
         }
     }
 }
@@ -97,6 +106,7 @@ pub struct ChainReader {
     db: Arc<Database>,
     root: Arc<PublicKey>,
     view: watch::Receiver<ChainView>,
+    inbox: SnapshotInbox,
 }
 
 impl ChainReader {
@@ -104,8 +114,20 @@ impl ChainReader {
         db: Arc<Database>,
         root: Arc<PublicKey>,
         view: watch::Receiver<ChainView>,
+        inbox: SnapshotInbox,
     ) -> Self {
-        Self { db, root, view }
+        Self {
+            db,
+            root,
+            view,
+            inbox,
+        }
+    }
+
+    /// Where snapshots from other members are received and checked under this chain's root
+    /// key before anything is installed. Checking changes nothing; installing is openraft's.
+    pub fn snapshot_inbox(&self) -> &SnapshotInbox {
+        &self.inbox
     }
 
     /// The group's root key, which the chain verifies under (known before genesis too).

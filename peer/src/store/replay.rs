@@ -19,29 +19,31 @@ use crate::types::LogId;
 /// A dedup index entry: (author, first seq of a batch) and the height of its block.
 pub(crate) type DedupEntry = ((String, u64), u64);
 
-/// Feeds blocks in height order through a [`ChainVerifier`] and collects the dedup index.
+/// The dedup index entry a block makes, if it holds a batch of records.
+pub(crate) fn dedup_entry(block: &StoredBlock) -> Option<DedupEntry> {
+    match &block.block.body {
+        BlockBody::Records(batch) => batch
+            .first_seq()
+            .map(|first| ((batch.author.clone(), first), block.height())),
+        _ => None,
+    }
+}
+
+/// Feeds blocks in height order through a [`ChainVerifier`]. It keeps the chain state, never
+/// the blocks, so it verifies a chain of any length in bounded memory.
 pub(crate) struct Replay {
     verifier: ChainVerifier,
-    dedup: Vec<DedupEntry>,
 }
 
 impl Replay {
     pub(crate) fn new(root: &PublicKey) -> Self {
         Self {
             verifier: ChainVerifier::new(root),
-            dedup: Vec::new(),
         }
     }
 
     pub(crate) fn push(&mut self, block: &StoredBlock) -> Result<(), ChainFailure> {
-        self.verifier.push(block)?;
-        if let BlockBody::Records(batch) = &block.block.body {
-            if let Some(first) = batch.first_seq() {
-                self.dedup
-                    .push(((batch.author.clone(), first), block.height()));
-            }
-        }
-        Ok(())
+        self.verifier.push(block)
     }
 
     /// The next block could not be read or decoded.
@@ -49,13 +51,13 @@ impl Replay {
         self.verifier.fail_read(why)
     }
 
-    /// The state after the last block, with the given Raft pointers, and the dedup index.
+    /// The state after the last block, with the given Raft pointers.
     pub(crate) fn finish(
         self,
         last_applied: Option<LogId>,
         last_membership: crate::types::StoredMembership,
-    ) -> (SmState, Vec<DedupEntry>) {
-        let state = SmState {
+    ) -> SmState {
+        SmState {
             chain: self.verifier.state().cloned(),
             head: self
                 .verifier
@@ -63,8 +65,7 @@ impl Replay {
                 .map(|s| (s.head_height, s.head_hash)),
             last_applied,
             last_membership,
-        };
-        (state, self.dedup)
+        }
     }
 }
 
@@ -84,7 +85,7 @@ pub(crate) fn recover(db: &Database, root: &PublicKey) -> Result<SmState, StoreE
         };
         replay.push(&block).map_err(StoreError::Chain)?;
     }
-    let (state, _) = replay.finish(last_applied, last_membership);
+    let state = replay.finish(last_applied, last_membership);
     if state.head.is_some() && state.last_applied.is_none() {
         return Err(StoreError::corrupt(
             "state machine",

@@ -13,7 +13,6 @@
 //! state-machine error anyway.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use conclave_shared::chain::StoredBlock;
@@ -32,6 +31,7 @@ use super::error::{DbResult, StoreError};
 use super::reader::ChainView;
 use super::schema::{BLOCKS, DEDUP, LAST_APPLIED, LAST_MEMBERSHIP, SM_META};
 use super::snapshot::{self, SnapshotBuilder, SnapshotSlot};
+use super::spool::{SnapshotFile, Spool};
 use crate::types::{
     Applied, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -44,7 +44,11 @@ pub struct StateMachineStore {
     /// `None` only while a blocking task holds it, or after a failure (see module docs).
     state: Option<SmState>,
     slot: SnapshotSlot,
+    spool: Spool,
     view: watch::Sender<ChainView>,
+    /// Snapshots installed since the store opened, and the head height of the last one: told
+    /// to readers with every view (see [`ChainView::snapshots_installed`]).
+    installed: (u64, Option<u64>),
 }
 
 impl StateMachineStore {
@@ -52,6 +56,7 @@ impl StateMachineStore {
         db: Arc<Database>,
         root: Arc<PublicKey>,
         state: SmState,
+        spool: Spool,
         view: watch::Sender<ChainView>,
     ) -> Self {
         Self {
@@ -59,7 +64,9 @@ impl StateMachineStore {
             root,
             state: Some(state),
             slot: SnapshotSlot::default(),
+            spool,
             view,
+            installed: (0, None),
         }
     }
 
@@ -69,7 +76,9 @@ impl StateMachineStore {
 
     /// Puts the state back and tells the readers.
     fn settle(&mut self, state: SmState) {
-        self.view.send_replace(ChainView::of(&state));
+        let mut view = ChainView::of(&state);
+        (view.snapshots_installed, view.snapshot_height) = self.installed;
+        self.view.send_replace(view);
         self.state = Some(state);
     }
 }
@@ -174,38 +183,54 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            spool: self.spool.clone(),
             slot: self.slot.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// Only for openraft's chunked transfer, which Conclave does not use: snapshots arrive
+    /// through `SnapshotInbox` (see `server.rs`).
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let (_, file) = self
+            .spool
+            .create("raft")
+            .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        Ok(Box::new(file))
     }
 
-    /// Verifies the snapshot's chain under the root key, then replaces ours with it. A bad
-    /// snapshot is an error and leaves everything as it was.
+    /// Replaces our chain with the snapshot's, in one write transaction.
+    ///
+    /// A snapshot from `SnapshotInbox` was verified before openraft saw it (an error here
+    /// stops the node, so a bad snapshot must be refused earlier); its proof is checked
+    /// against `meta` and the file's hash. Any other snapshot is verified here first, under
+    /// the root key, block by block. Either way nothing changes unless every block verified.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         // The state is not taken out: a refused snapshot must leave it usable.
         self.state()
             .map_err(|e| e.into_raft(ErrorSubject::StateMachine, ErrorVerb::Write))?;
-        let data = snapshot.into_inner();
+        let mut file = *snapshot;
+        let proof = file.take_verified().filter(|v| v.is_for(meta));
         let db = self.db.clone();
         let root = self.root.clone();
         let m = meta.clone();
+        let path = file.path().to_owned();
         let installed = blocking(move || {
-            let checked = snapshot::check(&root, &m, &data)?;
-            snapshot::write(&db, &checked, &data)?;
-            Ok((checked.state, data))
+            let verified = match proof {
+                Some(v) => v,
+                None => snapshot::check(&root, &m, &path)?,
+            };
+            snapshot::write(&db, verified, &path)
         })
         .await;
         match installed {
-            Ok((state, data)) => {
+            Ok(state) => {
+                self.installed = (self.installed.0 + 1, state.head.map(|(h, _)| h));
                 self.settle(state);
-                self.slot.offer(meta.clone(), data);
+                self.slot.offer(meta.clone(), file);
                 Ok(())
             }
             Err(e) => {

@@ -54,7 +54,8 @@ pub struct ChainBuilder<'a> {
 }
 
 impl<'a> ChainBuilder<'a> {
-    /// Starts a chain with its genesis block, signed by `leader` in term 1.
+    /// Starts a chain with its genesis block, signed by `leader` in term 1. The first
+    /// admission must then be `leader`'s own, as a voter: it is the founder.
     pub fn new(
         root: &'a Identity,
         leader: &'a Identity,
@@ -99,7 +100,9 @@ impl<'a> ChainBuilder<'a> {
     }
 
     /// Later system blocks are signed by `leader`, and all later blocks carry its id and
-    /// `term` in their headers.
+    /// `term` in their headers. For the chain to verify, `leader` must be a voter, and
+    /// `(term, its node id)` may not be lower than the current leader's (see
+    /// [`ChainState::apply`]); a block that breaks this is refused when appended.
     pub fn set_leader(&mut self, leader: &'a Identity, term: u64) {
         self.leader = leader;
         self.term = term;
@@ -213,6 +216,7 @@ impl<'a> ChainBuilder<'a> {
         let height = self.append(BlockBody::KeyRotation(KeyRotation {
             epoch: self.state.epoch() + 1,
             wrapped,
+            history: Vec::new(),
             leader_sig: Vec::new(),
         }))?;
         self.keys.push(key);
@@ -277,13 +281,20 @@ impl<'a> ChainBuilder<'a> {
 
     /// The leader vouches for the last block.
     pub fn checkpoint(&mut self) -> Result<u64, ChainError> {
-        let head = self.blocks.last().expect("a builder starts with genesis");
-        let body = BlockBody::Checkpoint(Checkpoint {
-            height: head.height(),
-            hash: head.hash,
+        self.checkpoint_at(self.head().height())
+    }
+
+    /// The leader vouches for the block at `height` (with its hash, if the builder has it).
+    pub fn checkpoint_at(&mut self, height: u64) -> Result<u64, ChainError> {
+        let hash = usize::try_from(height)
+            .ok()
+            .and_then(|i| self.blocks.get(i))
+            .map_or(BlockHash::ZERO, |b| b.hash);
+        self.append(BlockBody::Checkpoint(Checkpoint {
+            height,
+            hash,
             leader_sig: Vec::new(),
-        });
-        self.append(body)
+        }))
     }
 
     /// Records that an entry with these bytes was refused.

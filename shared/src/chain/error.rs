@@ -1,5 +1,7 @@
 //! What can be wrong with a chain, and where; and what can go wrong making one.
 
+use std::fmt;
+
 use thiserror::Error;
 
 use super::{BlockHash, BlockKind};
@@ -114,8 +116,18 @@ pub enum FailureReason {
     )]
     EpochOutOfOrder { current: u64, got: u64 },
     #[error(
+        "a key rotation hands out earlier keys, but the group's genesis does not share history"
+    )]
+    HistoryNotShared,
+    #[error(
+        "a key rotation hands node {node_id} the key of epoch {epoch}: it must go to an \
+         admitted member, once, for an epoch before this rotation's"
+    )]
+    BadHistoryKey { node_id: u64, epoch: u64 },
+    #[error(
         "{author:?} record {seq} is sealed under epoch {epoch} while the current epoch is \
-         {current}: only the current and the previous epoch (and never epoch 0) are accepted"
+         {current}: only the current and the previous epoch (never epoch 0, never one \
+         drawn before the last removal) are accepted"
     )]
     RecordEpoch {
         author: String,
@@ -133,10 +145,117 @@ pub enum FailureReason {
     BadRevocation { name: String },
     #[error("checkpoint vouches for height {checkpoint}, which is not below its own height {at}")]
     CheckpointAhead { checkpoint: u64, at: u64 },
+    #[error(
+        "checkpoint vouches that block {height} has hash {vouched}, but it has {actual}: blocks \
+         up to {height} were altered, dropped, inserted or reordered and the hashes recomputed; \
+         restore the chain from another member"
+    )]
+    CheckpointMismatch {
+        height: u64,
+        vouched: BlockHash,
+        actual: BlockHash,
+    },
+    #[error(
+        "checkpoint at height {at} vouches for block {checkpoint}, more than {window} blocks \
+         back: verifiers keep only the last {window} hashes, so a checkpoint must name a \
+         recent block"
+    )]
+    CheckpointOutsideWindow {
+        checkpoint: u64,
+        at: u64,
+        window: u64,
+    },
+    #[error(
+        "the {kind} block carries no leader signature: system blocks are signed by the leader \
+         that proposed them, so this one was stripped or not made by a Conclave leader"
+    )]
+    MissingLeaderSignature { kind: BlockKind },
+    #[error(
+        "the {kind} block's leader signature does not verify under the key of its header's \
+         leader {name:?} ({leader:016x}): the body or the header's time, term or leader was \
+         altered, or the leader signed for another term than its entry got (deposed between \
+         signing and proposing; it proposes again)"
+    )]
+    BadLeaderSignature {
+        kind: BlockKind,
+        leader: NodeId,
+        name: String,
+    },
+    #[error(
+        "the {kind} block is signed by {signer:?}, not by its header's leader {leader:016x}: \
+         only the leader that proposed an entry signs it, so the header's leader was rewritten \
+         or the signature taken from elsewhere"
+    )]
+    SignerNotLeader {
+        kind: BlockKind,
+        signer: String,
+        leader: NodeId,
+    },
+    #[error(
+        "the {kind} block's leader {leader:016x} {standing} here: only a present, unrevoked \
+         voter may lead and sign system blocks"
+    )]
+    SignerNotVoter {
+        kind: BlockKind,
+        leader: NodeId,
+        standing: SignerStanding,
+    },
+    #[error(
+        "a {kind} block before the founder was admitted: the first system block after genesis \
+         must admit the genesis block's leader {founder:016x} as a voter, signed by it"
+    )]
+    FounderNotAdmitted { kind: BlockKind, founder: NodeId },
+    #[error(
+        "the genesis block's leader signature does not verify under the certificate of the \
+         founder {founder:?} admitted here: the genesis block (height 0) was altered or forged"
+    )]
+    BadGenesisSignature { founder: String },
+    #[error(
+        "the chain ends before its founder was admitted, so the genesis block's leader \
+         signature cannot be checked: a chain verifies once it holds the founding admission"
+    )]
+    GenesisUnverifiable,
+    #[error(
+        "term {got} follows term {previous}: terms never decrease along a chain, so blocks were \
+         reordered or a header's term rewritten"
+    )]
+    TermWentBack { previous: u64, got: u64 },
+    #[error(
+        "leader {got:016x} follows leader {previous:016x} in term {term}: within a term the \
+         leader only ever changes to a higher node id (openraft orders leaders by term, then \
+         node id), so blocks were reordered or a header's leader rewritten"
+    )]
+    LeaderWentBack {
+        term: u64,
+        previous: NodeId,
+        got: NodeId,
+    },
     #[error("malformed block: {0}")]
     Malformed(String),
     #[error("cannot read the block: {0}")]
     Read(String),
+}
+
+/// Why the header's leader may not sign a system block at that height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignerStanding {
+    /// No member, present or removed, has that node id.
+    NotAMember,
+    Learner,
+    /// Its certificate's revocation is in the chain (it may still be present until removed).
+    Revoked,
+    Removed,
+}
+
+impl fmt::Display for SignerStanding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SignerStanding::NotAMember => "is not a member",
+            SignerStanding::Learner => "is a learner",
+            SignerStanding::Revoked => "was revoked",
+            SignerStanding::Removed => "was removed",
+        })
+    }
 }
 
 /// Why making a block failed (see [`super::ChainBuilder`], [`super::RecordBatch::sign`]).

@@ -6,6 +6,33 @@ use crate::identity::{NodeId, MAX_SIGNATURE_BYTES};
 
 /// name length, a one-byte name, node id, wrapped length.
 const MIN_WRAPPED_KEY_BYTES: usize = 4 + 1 + 8 + 4;
+/// node id, epoch, wrapped length.
+const MIN_HISTORY_KEY_BYTES: usize = 8 + 8 + 4;
+/// The most earlier-epoch keys one rotation may hand out (`share_history`).
+pub const MAX_HISTORY_KEYS: usize = 4096;
+
+/// An earlier epoch's key, RSA-OAEP-wrapped to a newly admitted member, so that with the
+/// genesis rule `share_history` it can read what was written before it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryKey {
+    pub node_id: NodeId,
+    pub epoch: u64,
+    /// At most [`MAX_WRAPPED_KEY_BYTES`].
+    pub wrapped: Vec<u8>,
+}
+
+impl Canonical for HistoryKey {
+    fn encode_to(&self, w: &mut Writer) {
+        w.u64(self.node_id).u64(self.epoch).bytes(&self.wrapped);
+    }
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            node_id: r.u64("history key node id")?,
+            epoch: r.u64("history key epoch")?,
+            wrapped: r.bytes("history key", MAX_WRAPPED_KEY_BYTES)?,
+        })
+    }
+}
 
 /// The new key, RSA-OAEP-wrapped to one member's certified key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +63,9 @@ pub struct KeyRotation {
     pub epoch: u64,
     /// One entry per admitted member, at most [`MAX_WRAPPED_KEYS`].
     pub wrapped: Vec<WrappedKey>,
+    /// Earlier epochs' keys for newly admitted members; empty unless the group's rules say
+    /// `share_history`. At most [`MAX_HISTORY_KEYS`].
+    pub history: Vec<HistoryKey>,
     /// The proposing leader's signature; see [`super::leader_signing_bytes`].
     pub leader_sig: Vec<u8>,
 }
@@ -45,6 +75,10 @@ impl KeyRotation {
         w.u64(self.epoch).count(self.wrapped.len());
         for k in &self.wrapped {
             k.encode_to(w);
+        }
+        w.count(self.history.len());
+        for h in &self.history {
+            h.encode_to(w);
         }
     }
 }
@@ -61,9 +95,15 @@ impl Canonical for KeyRotation {
         for _ in 0..n {
             wrapped.push(WrappedKey::decode_from(r)?);
         }
+        let n = r.count("history keys", MAX_HISTORY_KEYS, MIN_HISTORY_KEY_BYTES)?;
+        let mut history = Vec::with_capacity(n);
+        for _ in 0..n {
+            history.push(HistoryKey::decode_from(r)?);
+        }
         Ok(Self {
             epoch,
             wrapped,
+            history,
             leader_sig: r.bytes("leader signature", MAX_SIGNATURE_BYTES)?,
         })
     }

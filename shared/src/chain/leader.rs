@@ -1,8 +1,8 @@
 //! What a system block's leader signature covers.
 //!
-//! Format version 1 carries these signatures; checking them (the signer is the block's
-//! `leader`, a voter at that height, and terms never decrease) comes in a later version of
-//! the verifier.
+//! [`super::ChainState::apply`] checks these signatures: under the key of the header's
+//! `leader`, who must be a voter at that height, over the header's own time, term and leader
+//! (the genesis block's at the founder's admission; see the `state` module).
 
 use super::{BlockBody, BlockKind, ChainError, GroupId};
 use crate::identity::{signing_input, Identity, NodeId};

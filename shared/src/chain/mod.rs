@@ -13,8 +13,9 @@
 //!   [`BlockBody`] picks one by kind.
 //! - [`leader_signing_bytes`]: what a system block's leader signature covers.
 //! - [`ChainState`]: the per-block rules and the little state they need (members, sequence
-//!   numbers, epoch). The verifier uses it, and a peer reuses it at apply time so that every
-//!   replica refuses the same entries.
+//!   numbers, epoch, the last term and leader, the last [`CHECKPOINT_WINDOW`] hashes). The
+//!   verifier uses it, and a peer reuses it at apply time so that every replica refuses the
+//!   same entries.
 //! - [`ChainVerifier`] and [`verify_chain`]: streaming verification with the root key alone.
 //! - [`ChainBuilder`] and [`relink`]: make valid chains (and rewritten ones) for tests,
 //!   benchmarks and tools.
@@ -36,6 +37,7 @@ mod refused;
 mod revocation;
 mod state;
 mod verify;
+mod window;
 
 #[cfg(test)]
 mod proptests;
@@ -46,11 +48,11 @@ pub use block::{Block, StoredBlock};
 pub use body::BlockBody;
 pub use builder::{relink, ChainBuilder};
 pub use checkpoint::Checkpoint;
-pub use error::{ChainError, ChainFailure, FailureReason};
+pub use error::{ChainError, ChainFailure, FailureReason, SignerStanding};
 pub use genesis::{Genesis, Rules};
 pub use hash::BlockHash;
 pub use header::{BlockHeader, BlockKind, HEADER_BYTES};
-pub use key_rotation::{KeyRotation, WrappedKey};
+pub use key_rotation::{HistoryKey, KeyRotation, WrappedKey, MAX_HISTORY_KEYS};
 pub use leader::{leader_signing_bytes, sign_as_leader, LEADER_DOMAIN};
 pub use membership::{MemberRole, Membership, MembershipChange};
 pub use records::{record_aad, Record, RecordBatch, RECORDS_DOMAIN};
@@ -58,6 +60,7 @@ pub use refused::Refused;
 pub use revocation::RevocationNotice;
 pub use state::{ChainState, Member};
 pub use verify::{verify_chain, ChainSummary, ChainVerifier};
+pub use window::CHECKPOINT_WINDOW;
 
 use crate::cert::{validate_name, MAX_NAME_BYTES};
 use crate::codec::{DecodeError, Reader};

@@ -117,14 +117,26 @@ fn wrapped_key() -> impl Strategy<Value = WrappedKey> {
         wrapped,
     })
 }
+fn history_key() -> impl Strategy<Value = HistoryKey> {
+    (any::<u64>(), any::<u64>(), blob(40)).prop_map(|(node_id, epoch, wrapped)| HistoryKey {
+        node_id,
+        epoch,
+        wrapped,
+    })
+}
 fn key_rotation() -> impl Strategy<Value = KeyRotation> {
-    (any::<u64>(), vec(wrapped_key(), 0..4), blob(40)).prop_map(|(epoch, wrapped, leader_sig)| {
-        KeyRotation {
+    (
+        any::<u64>(),
+        vec(wrapped_key(), 0..4),
+        vec(history_key(), 0..3),
+        blob(40),
+    )
+        .prop_map(|(epoch, wrapped, history, leader_sig)| KeyRotation {
             epoch,
             wrapped,
+            history,
             leader_sig,
-        }
-    })
+        })
 }
 fn notice() -> impl Strategy<Value = RevocationNotice> {
     (any::<u64>(), name(), any::<u64>(), blob(40), blob(40)).prop_map(

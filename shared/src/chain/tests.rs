@@ -385,7 +385,7 @@ fn a_gap_inside_a_batch_is_a_skipped_sequence() {
         Record::seal(key, "alice", 9, 2, b"y").unwrap(),
     ];
     let batch = RecordBatch::sign(alice(), &GROUP, "alice", recs).unwrap();
-    let header = f.head().block.header.clone();
+    let header = next_header(BlockKind::Records);
     let before = state.clone();
     assert_eq!(
         state.apply(&header, &BlockBody::Records(batch)),
@@ -442,7 +442,9 @@ fn bob_cert_body(role: Role) -> CertBody {
 
 fn replace_and_expect_bad_cert(cert: Certificate, node_id: NodeId) {
     let mut blocks = blocks();
-    blocks[ADMIT_BOB].block.body = admit_body(cert, node_id);
+    let mut body = admit_body(cert, node_id);
+    sign(alice(), &mut body, &blocks[ADMIT_BOB].block.header);
+    blocks[ADMIT_BOB].block.body = body;
     relink(&mut blocks, ADMIT_BOB);
     let (h, r) = failure(&blocks);
     assert_eq!(h, ADMIT_BOB as u64);
@@ -566,12 +568,32 @@ fn a_second_genesis_is_refused() {
     assert_eq!(failure(&blocks), (LEN as u64, FailureReason::SecondGenesis));
 }
 
-fn apply_to_head(body: BlockBody) -> Result<(), FailureReason> {
+/// Signs a system body as `who` for the time and term of `header` (which must name `who` as
+/// its leader for the signature to verify).
+fn sign(who: &Identity, body: &mut BlockBody, header: &BlockHeader) {
+    sign_as_leader(who, &GROUP, body, header.time_ms, header.term).unwrap();
+}
+
+/// The header of the block after the fixture's head, as alice would propose it.
+fn next_header(kind: BlockKind) -> BlockHeader {
+    let head = fixture().head();
+    BlockHeader {
+        height: head.height() + 1,
+        prev_hash: head.hash,
+        time_ms: head.block.header.time_ms + 1,
+        kind,
+        ..head.block.header.clone()
+    }
+}
+
+/// Applies `body` after the fixture's head, signed by alice if it is a system block.
+fn apply_to_head(mut body: BlockBody) -> Result<(), FailureReason> {
     let f = fixture();
     let mut state = f.state().clone();
-    let mut header = f.head().block.header.clone();
-    header.height += 1;
-    header.kind = body.kind();
+    let header = next_header(body.kind());
+    if body.kind().is_leader_signed() {
+        sign(alice(), &mut body, &header);
+    }
     let before = state.clone();
     let r = state.apply(&header, &body);
     if r.is_err() {
@@ -595,6 +617,7 @@ fn rotation(epoch: u64, to: &[(&str, &Identity)]) -> BlockBody {
                 wrapped: crate::envelope::wrap_key(id.public(), &key).unwrap(),
             })
             .collect(),
+        history: Vec::new(),
         leader_sig: Vec::new(),
     })
 }
@@ -643,10 +666,25 @@ fn alice_batch(epoch: u64, len: usize) -> BlockBody {
 }
 
 #[test]
+fn the_previous_epoch_is_accepted_when_nobody_left_since() {
+    let mut b = ChainBuilder::new(root(), alice(), GROUP, rules()).unwrap();
+    b.admit(alice(), "alice", MemberRole::Voter, ADDR).unwrap();
+    b.admit(bob(), "bob", MemberRole::Voter, ADDR).unwrap();
+    b.rotate_key().unwrap();
+    b.rotate_key().unwrap();
+    // Sealed under epoch 1 while epoch 2 is current, and nobody left: accepted.
+    let key = b.group_key(1).unwrap().clone();
+    let rec = Record::seal(&key, "alice", 1, 1, b"late").unwrap();
+    let batch = RecordBatch::sign(alice(), &GROUP, "alice", vec![rec]).unwrap();
+    assert!(b.append(BlockBody::Records(batch)).is_ok());
+}
+
+#[test]
 fn records_must_use_the_current_or_previous_epoch_and_the_groups_size() {
     assert_eq!(apply_to_head(alice_batch(2, 1024)), Ok(()));
-    assert_eq!(apply_to_head(alice_batch(1, 10)), Ok(()));
-    for epoch in [0, 3] {
+    // Epoch 1 is the previous epoch, but bob was removed while it was current: a record
+    // written now must not be readable with a key bob holds.
+    for epoch in [0, 1, 3] {
         assert_eq!(
             apply_to_head(alice_batch(epoch, 10)),
             Err(FailureReason::RecordEpoch {
@@ -686,6 +724,13 @@ fn an_older_epoch_than_the_previous_is_refused() {
     ));
 }
 
+fn rejected(r: Result<u64, ChainError>) -> FailureReason {
+    match r {
+        Err(ChainError::Rejected(reason)) => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
 #[test]
 fn membership_changes_follow_the_rules() {
     let mut b = ChainBuilder::new(
@@ -703,10 +748,6 @@ fn membership_changes_follow_the_rules() {
         Err(ChainError::Invalid(_))
     ));
     b.admit(alice(), "alice", MemberRole::Voter, ADDR).unwrap();
-    let rejected = |r: Result<u64, ChainError>| match r {
-        Err(ChainError::Rejected(reason)) => reason,
-        other => panic!("expected a rejection, got {other:?}"),
-    };
     assert_eq!(
         rejected(b.admit(alice(), "alice", MemberRole::Voter, ADDR)),
         FailureReason::AlreadyMember {
@@ -726,18 +767,45 @@ fn membership_changes_follow_the_rules() {
         rejected(b.change_role("bob", MemberRole::Voter)),
         FailureReason::TooManyVoters { max: 1 }
     );
+    // The only voter steps down (it signs that while still a voter)...
     b.change_role("alice", MemberRole::Learner).unwrap();
-    b.change_role("bob", MemberRole::Voter).unwrap();
-    b.remove("bob").unwrap();
+    // ...and then nobody may sign a system block: a learner does not lead.
     assert_eq!(
-        rejected(b.remove("bob")),
+        rejected(b.change_role("bob", MemberRole::Voter)),
+        FailureReason::SignerNotVoter {
+            kind: BlockKind::Membership,
+            leader: alice().fingerprint().node_id(),
+            standing: SignerStanding::Learner,
+        }
+    );
+    assert_eq!(verify(b.blocks()).unwrap().count as usize, b.blocks().len());
+
+    // With room for two voters, leadership moves to bob, who removes alice.
+    let mut b = ChainBuilder::new(
+        root(),
+        alice(),
+        GROUP,
+        Rules {
+            max_voters: 2,
+            ..rules()
+        },
+    )
+    .unwrap();
+    b.admit(alice(), "alice", MemberRole::Voter, ADDR).unwrap();
+    b.admit(bob(), "bob", MemberRole::Learner, ADDR).unwrap();
+    b.change_role("bob", MemberRole::Voter).unwrap();
+    b.change_role("alice", MemberRole::Learner).unwrap();
+    b.set_leader(bob(), 2);
+    b.remove("alice").unwrap();
+    assert_eq!(
+        rejected(b.remove("alice")),
         FailureReason::NotAMember {
-            name: "bob".into(),
-            node_id: bob().fingerprint().node_id()
+            name: "alice".into(),
+            node_id: alice().fingerprint().node_id()
         }
     );
     assert!(matches!(
-        rejected(b.change_role("bob", MemberRole::Learner)),
+        rejected(b.change_role("alice", MemberRole::Voter)),
         FailureReason::NotAMember { .. }
     ));
     let s = verify(b.blocks()).unwrap();
@@ -794,19 +862,30 @@ fn revocations_must_be_signed_by_the_root() {
 }
 
 #[test]
-fn checkpoints_and_refusals_are_structural_for_now() {
+fn checkpoints_vouch_for_earlier_hashes_and_refusals_change_nothing() {
     let f = fixture();
     let head = f.head();
-    let checkpoint = |height| {
+    let checkpoint = |height, hash| {
         BlockBody::Checkpoint(Checkpoint {
             height,
-            hash: head.hash,
+            hash,
             leader_sig: Vec::new(),
         })
     };
-    assert_eq!(apply_to_head(checkpoint(head.height())), Ok(()));
+    assert_eq!(apply_to_head(checkpoint(head.height(), head.hash)), Ok(()));
+    let first_admission = &f.blocks()[1];
+    assert_eq!(apply_to_head(checkpoint(1, first_admission.hash)), Ok(()));
+    assert_eq!(apply_to_head(checkpoint(0, f.blocks()[0].hash)), Ok(()));
     assert_eq!(
-        apply_to_head(checkpoint(head.height() + 1)),
+        apply_to_head(checkpoint(1, head.hash)),
+        Err(FailureReason::CheckpointMismatch {
+            height: 1,
+            vouched: head.hash,
+            actual: first_admission.hash
+        })
+    );
+    assert_eq!(
+        apply_to_head(checkpoint(head.height() + 1, head.hash)),
         Err(FailureReason::CheckpointAhead {
             checkpoint: head.height() + 1,
             at: head.height() + 1
@@ -835,3 +914,6 @@ fn the_builder_refuses_records_over_the_groups_cap() {
     b.records("alice", [vec![0u8; 1024]]).unwrap();
     assert_eq!(verify(b.blocks()).unwrap().count, 5);
 }
+
+/// Leader signatures, the founder, terms and checkpoints.
+mod trust;

@@ -23,11 +23,13 @@ pub struct ChainSummary {
 /// Checks blocks one at a time, in order, as they are read or arrive. It keeps the last
 /// block's height and hash and a [`ChainState`], never the blocks themselves.
 ///
-/// Checked now: the stored hash, the version, the kind, heights and links, the genesis
-/// root and rules, certificates of admissions, membership changes, author signatures,
-/// sequence numbers, record sizes and epochs, key rotations' epochs and recipients,
-/// revocations' root signatures. Not yet: leader signatures, that terms never decrease,
-/// and checkpoints' hashes (see `docs/chain-format.md`).
+/// Checked: the stored hash, the version, the kind, heights and links, the genesis root and
+/// rules, that terms (and leaders within a term) never go back, leader signatures of system
+/// blocks by voters (the genesis block's at the founder's admission), certificates of
+/// admissions, membership changes, author signatures, sequence numbers, record sizes and
+/// epochs, key rotations' epochs and recipients, revocations' root signatures, and
+/// checkpoints' hashes within the last [`super::CHECKPOINT_WINDOW`] blocks (see
+/// `docs/chain-format.md`).
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
     root: PublicKey,
@@ -154,10 +156,21 @@ impl ChainVerifier {
         self.state.as_ref()
     }
 
-    /// The summary of a chain that ended here: an empty chain fails at height 0.
+    /// The summary of a chain that ended here. An empty chain fails at height 0, and so does
+    /// one that ends before its founder's admission: its genesis signature is unchecked.
     pub fn finish(&self) -> Result<ChainSummary, ChainFailure> {
         if let Some(f) = &self.failed {
             return Err(f.clone());
+        }
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.founder_pending().is_some())
+        {
+            return Err(ChainFailure {
+                height: 0,
+                reason: FailureReason::GenesisUnverifiable,
+            });
         }
         self.summary().ok_or(ChainFailure {
             height: 0,

@@ -36,6 +36,8 @@ pub enum ToPeer {
     Submit { batch: Vec<u8> },
     /// Who leads, at which term, and this member's head.
     Status,
+    /// Remove the caller from the group (its `/leave`).
+    Leave,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +68,11 @@ pub enum FromPeer {
     Error {
         message: String,
         retry: bool,
+    },
+    /// The caller's removal is committed at `height`. (New variants go last: bincode
+    /// numbers variants in order.)
+    Left {
+        height: u64,
     },
 }
 

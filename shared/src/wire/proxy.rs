@@ -81,6 +81,11 @@ pub enum Rejection {
     StaleTerm,
     /// The announcer is not a member the proxy knows.
     NotAMember,
+    /// The announcer claims a new leadership (another leader, or a higher term) that a
+    /// majority of the voters the proxy knows did not confirm: asked whom they follow at
+    /// which term, too few answered "the announcer, at the announced term" (or a round for
+    /// this announcer ran moments ago). Nothing changed; announce again later.
+    NotConfirmed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::RaftLogReader;
+use openraft::RaftSnapshotBuilder;
 use redb::{Database, ReadableTable};
 use tempfile::TempDir;
 
@@ -153,4 +154,54 @@ fn an_unknown_format_version_is_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("format 99"), "{err}");
+}
+
+/// The chain state a peer decides with (members, the order of terms and leaders, the window
+/// of recent hashes that checkpoints are checked against) is rebuilt by replaying verified
+/// blocks: after a restart and after a snapshot install it is the state the live peer had.
+#[tokio::test]
+async fn replay_and_snapshot_rebuild_the_live_chain_state_exactly() {
+    let (dir, other) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let ids = ids();
+    let mut b = builder();
+    b.checkpoint_at(4).expect("checkpoint");
+    b.set_leader(&ids.bob, 2);
+    b.rotate_key().expect("rotation by bob");
+    b.records("alice", [b"a4".as_slice()]).expect("a4");
+    b.checkpoint().expect("checkpoint of the head");
+    let live = {
+        let mut store = open(dir.path());
+        apply(&mut store.state_machine, entries_for(b.blocks(), 1)).await;
+        assert!(
+            all_blocks(&store.chain) == b.blocks(),
+            "not the builder's blocks"
+        );
+        let state = store.chain.view().state.expect("a chain state");
+        assert_eq!(&*state, b.state());
+        assert_eq!(
+            state.term_and_leader(),
+            (2, ids.bob.fingerprint().node_id())
+        );
+        assert_eq!(state.recent_hash(4), Some(b.blocks()[4].hash));
+
+        let snap = store
+            .state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut fresh = open(other.path());
+        fresh
+            .state_machine
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(fresh.chain.view().state, Some(state.clone()));
+        state
+    };
+    let reopened = open(dir.path());
+    assert_eq!(reopened.chain.view().state, Some(live.clone()));
+    let reopened = open(other.path());
+    assert_eq!(reopened.chain.view().state, Some(live));
 }
