@@ -283,3 +283,82 @@ fn without_share_history_a_newcomer_reads_only_from_its_admission_on() {
     );
     assert_eq!(after.as_deref(), Some("written after p3 joined"));
 }
+
+/// Sends a Raft vote request as peer `name` (its own key and certificate) to `target`;
+/// returns the reply, or why the exchange failed.
+fn raft_vote_as(
+    c: &Cluster,
+    name: &str,
+    target: std::net::SocketAddr,
+) -> Result<conclave_peer::rpc::RaftReply, String> {
+    use conclave_shared::cert::{Certificate, Role};
+    use conclave_shared::codec::Canonical;
+    use conclave_shared::quic::{self, MemberTrust, RevokedSerials, ServerTrust, TlsIdentity};
+    use conclave_shared::wire::{read_frame, write_frame, ALPN_RAFT};
+    let id = c.identity_of(name);
+    let cert = Certificate::from_canonical(
+        &std::fs::read(c.path().join("peers").join(name).join("certificate.bin")).unwrap(),
+    )
+    .unwrap();
+    let root = conclave_shared::identity::PublicKey::load_pem(&c.root_key()).unwrap();
+    let tls = TlsIdentity::new(&id, Some(&cert)).unwrap();
+    let trust = MemberTrust::new(root, &[Role::Member], RevokedSerials::new());
+    let cfg = quic::client_config(Some(&tls), ServerTrust::Members(trust), &[ALPN_RAFT]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let exchange = async {
+            let conn = ep
+                .connect_with(cfg, target, quic::SERVER_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let req = conclave_peer::rpc::RaftRequest::Vote(openraft::raft::VoteRequest {
+                vote: openraft::Vote::new(1000, id.fingerprint().node_id()),
+                last_log_id: None,
+            });
+            write_frame(&mut send, &req, 1 << 20)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_frame::<_, conclave_peer::rpc::RaftReply>(&mut recv, 1 << 20)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no reply".to_string())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    })
+}
+
+#[test]
+fn a_member_that_left_cannot_speak_raft_and_a_revoked_one_cannot_even_connect() {
+    let mut c = Cluster::with_peers(4);
+    c.wait_status("four members", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 4)
+    });
+    c.peer("p3").proc.send_line("/leave");
+    let mut p3 = c.peers.remove("p3").unwrap();
+    assert_eq!(p3.proc.wait_exit_status().code(), Some(0));
+    c.revoke("p4");
+    wait_member_left(&mut c, "p1", "p3");
+    wait_member_left(&mut c, "p1", "p4");
+    let target = c.peers["p2"].addr;
+    let left = raft_vote_as(&c, "p3", target);
+    assert!(
+        matches!(&left, Ok(conclave_peer::rpc::RaftReply::Refused(why)) if why.contains("not a member")),
+        "a member that left was heard on Raft: {left:?}"
+    );
+    let revoked = raft_vote_as(&c, "p4", target);
+    assert!(
+        revoked.is_err(),
+        "a revoked certificate opened a channel: {revoked:?}"
+    );
+    // The group goes on, and its leader and term did not move.
+    c.peer("p2").proc.send_line("still going");
+    c.peer("p1")
+        .proc
+        .wait_event("record", |e| e["text"] == "still going");
+}
