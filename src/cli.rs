@@ -36,6 +36,19 @@ pub enum Command {
     Peer(PeerArgs),
     /// Show the group: leader, term, members, their heads (needs no identity).
     Status(StatusArgs),
+    /// Verify a stopped peer's stored chain offline with the root public key.
+    Verify(VerifyArgs),
+    /// Print a stopped peer's blocks, decrypting the records this member can read.
+    Chain(ChainArgs),
+    /// Start a whole group on 127.0.0.1 (key manager, proxy, three peers) and join it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the demo's temporary data directory (its path is printed at the end).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +96,10 @@ pub struct PeerArgs {
     /// One-time registration token, for a key manager in invite mode.
     #[arg(long, value_name = "TOKEN")]
     pub invite: Option<String>,
+    /// Discard this member's stored chain and Raft state (keeping its identity) and rejoin
+    /// the group as a new learner. Records not yet committed are lost.
+    #[arg(long)]
+    pub resync: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,4 +159,27 @@ pub struct AdminArgs {
     /// The key manager's address (default: keymanager.addr from the config).
     #[arg(long, value_name = "ADDR")]
     pub keymanager: Option<SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The stopped peer's data directory (the one given to `conclave peer --data`).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The key manager's root public key (default: keymanager.root_key from the config).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChainArgs {
+    /// The stopped peer's data directory (its identity.pem decrypts what it may read).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The first height to print (the blocks before it are still verified).
+    #[arg(long, value_name = "H", default_value_t = 0)]
+    pub from: u64,
+    /// The key manager's root public key (default: keymanager.root_key from the config).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
 }

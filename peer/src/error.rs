@@ -20,6 +20,11 @@ pub enum PeerError {
     ProxyUnreachable(String),
     #[error("could not join the group: {0}")]
     Join(String),
+    #[error(
+        "this member's stored chain fails verification at height {height}: {reason}; run again \
+         with --resync to discard this member's data and rejoin"
+    )]
+    BadChain { height: u64, reason: String },
     #[error("storage failed: {0}")]
     Store(String),
     #[error("raft: {0}")]

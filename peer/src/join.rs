@@ -45,6 +45,8 @@ pub struct JoinCtx<'a> {
     pub shutdown: &'a CancellationToken,
     /// The leader this member asked for admission; shared with the server.
     pub admitter: &'a AtomicU64,
+    /// This member discarded its data (`--resync`): ask with `Rejoin`, not `Admit`.
+    pub resync: bool,
 }
 
 /// The group id this member founded, if it founded one.
@@ -90,9 +92,12 @@ pub async fn join(c: JoinCtx<'_>) -> Result<Joined, PeerError> {
                         }
                     };
                     c.admitter.store(leader, Ordering::SeqCst);
-                    let req = ToPeer::Admit {
-                        cert: c.cert.certificate().clone(),
-                        addr: c.me.addr.clone(),
+                    let cert = c.cert.certificate().clone();
+                    let me = c.me.addr.clone();
+                    let req = if c.resync {
+                        ToPeer::Rejoin { cert, addr: me }
+                    } else {
+                        ToPeer::Admit { cert, addr: me }
                     };
                     let timeout = Duration::from_millis(ADMIT_TIMEOUT_MS + 5_000);
                     match c.peers.request(&addr, Some(leader), &req, timeout).await {

@@ -119,6 +119,10 @@ impl LeaderCtx {
                 let name = cert.name().to_owned();
                 (name, reply, Work::Admit(cert, addr))
             }
+            LeaderJob::Rejoin { cert, addr, reply } => {
+                let name = cert.name().to_owned();
+                (name, reply, Work::Rejoin(cert, addr))
+            }
             LeaderJob::Leave { cert, reply } => {
                 let name = cert.name().to_owned();
                 (name, reply, Work::Leave(cert))
@@ -131,6 +135,7 @@ impl LeaderCtx {
         let outcome = tokio::time::timeout(Duration::from_millis(ADMIT_TIMEOUT_MS), async {
             match &work {
                 Work::Admit(cert, addr) => self.admit(cert, addr).await,
+                Work::Rejoin(cert, addr) => self.rejoin(cert, addr).await,
                 Work::Leave(cert) => self.leave(cert).await,
             }
         })
@@ -453,6 +458,72 @@ impl LeaderCtx {
         ))
     }
 
+    /// `--resync`: a member that discarded its data asks to come back. If the chain has it
+    /// present under the same key, its old Raft membership entry is dropped (it lost its log
+    /// and its vote, so it must not stay a voter that could vote twice in a term), it is
+    /// added back as a learner that catches up from scratch, and then its chain role is
+    /// restored. Its chain membership is unchanged, so no block is committed: it re-learns its
+    /// keys from the replicated chain. Anyone else is admitted as by `Admit`.
+    async fn rejoin(&self, cert: &VerifiedCert, addr: &str) -> Result<FromPeer, PeerError> {
+        let node_id = cert.fingerprint().node_id();
+        let name = cert.name().to_owned();
+        let Some(member) = self
+            .chain
+            .member(&name)
+            .filter(|m| m.node_id == node_id && m.is_present())
+        else {
+            return self.admit(cert, addr).await;
+        };
+        if node_id == self.node_id {
+            return Ok(FromPeer::Error {
+                message: "a leader cannot rejoin its own group".into(),
+                retry: true,
+            });
+        }
+        let raft_err = |e: openraft::error::RaftError<NodeId, _>| PeerError::Raft(e.to_string());
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let m = membership.membership();
+        if m.voter_ids().any(|v| v == node_id) {
+            self.raft
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([node_id])),
+                    false,
+                )
+                .await
+                .map_err(raft_err)?;
+        } else if m.get_node(&node_id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        info!(%name, %addr, "dropped the Raft membership entry of a resynced member; it rejoins as a learner");
+        let node = PeerNode {
+            name: name.clone(),
+            addr: addr.to_owned(),
+        };
+        self.raft
+            .add_learner(node_id, node, true)
+            .await
+            .map_err(|e| PeerError::Raft(e.to_string()))?;
+        let role = if member.role == MemberRole::Voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(raft_err)?;
+            WireRole::Voter
+        } else {
+            WireRole::Learner
+        };
+        info!(%name, ?role, "resynced member rejoined");
+        Ok(FromPeer::Admitted {
+            role,
+            leader: self.name.clone(),
+            term: self.term(),
+            members: self.chain.admitted_members().len() as u32,
+        })
+    }
+
     async fn announce(&self) {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -553,6 +624,7 @@ impl LeaderCtx {
 /// What the leader task was asked to do.
 enum Work {
     Admit(VerifiedCert, String),
+    Rejoin(VerifiedCert, String),
     Leave(VerifiedCert),
 }
 

@@ -32,7 +32,7 @@ use crate::peerlink::PeerLink;
 use crate::rpc;
 use crate::server::{self, ServerCtx};
 use crate::status::StatusSource;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::types::{PeerNode, Raft};
 use crate::writer::{Command, Writer};
 
@@ -56,6 +56,9 @@ pub struct PeerOptions {
     pub root: PublicKey,
     pub key_bits: usize,
     pub invite: Option<String>,
+    /// `--resync`: discard the stored chain and Raft state before starting and rejoin the
+    /// group as a new learner under the same identity.
+    pub resync: bool,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -91,6 +94,9 @@ pub async fn run(
     .await?;
     let node_id = enrolled.cert.fingerprint().node_id();
     let span = tracing::info_span!("peer", name = %opts.name, node = node_id);
+    if opts.resync {
+        discard_group_data(&opts.data_dir)?;
+    }
     async move {
         loop {
             let once = run_once(
@@ -175,7 +181,13 @@ async fn run_once(
     let store = tokio::task::spawn_blocking(move || Store::open(&store_dir, root))
         .await
         .map_err(|e| PeerError::Internal(e.to_string()))?
-        .map_err(|e| PeerError::Store(e.to_string()))?;
+        .map_err(|e| match e {
+            StoreError::Chain(f) => PeerError::BadChain {
+                height: f.height,
+                reason: f.reason.to_string(),
+            },
+            e => PeerError::Store(e.to_string()),
+        })?;
     let (log_store, state_machine, chain, outbox) = store.into_parts();
 
     let config = Config {
@@ -299,6 +311,7 @@ async fn run_once(
             deadline: Duration::from_millis(JOIN_DEADLINE_MS),
             shutdown: &stop,
             admitter: &admitter,
+            resync: opts.resync,
         });
         let j = tokio::select! {
             j = j => j,
@@ -428,6 +441,28 @@ async fn shut_down(raft: Raft, mut tasks: JoinSet<()>, rejoin: bool) -> Result<b
     }
     while tasks.join_next().await.is_some() {}
     Ok(rejoin)
+}
+
+/// `--resync`: removes this member's copy of the group (the store directory, which holds the
+/// Raft log and vote, the chain and the outbox, and the group id a founder was given), keeping
+/// its identity (`identity.pem`, `certificate.bin`). Records in the outbox that were not yet
+/// committed are lost with it.
+fn discard_group_data(data_dir: &std::path::Path) -> Result<(), PeerError> {
+    let store = data_dir.join(STORE_DIR);
+    warn!(dir = %store.display(), "--resync: discarding this member's stored chain and Raft state");
+    let failed = |path: std::path::PathBuf, e: std::io::Error| PeerError::DataDir {
+        path,
+        why: format!("cannot discard it for --resync: {e}"),
+    };
+    match std::fs::remove_dir_all(&store) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(store, e)),
+        _ => {}
+    }
+    let group_id = data_dir.join(GROUP_ID_FILE);
+    match std::fs::remove_file(&group_id) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(group_id, e)),
+        _ => Ok(()),
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<(), PeerError> {

@@ -40,6 +40,13 @@ pub enum LeaderJob {
         addr: String,
         reply: oneshot::Sender<FromPeer>,
     },
+    /// As `Admit`, for a member that discarded its data (`--resync`): a present member is
+    /// dropped from Raft and added back as a learner that catches up from scratch.
+    Rejoin {
+        cert: VerifiedCert,
+        addr: String,
+        reply: oneshot::Sender<FromPeer>,
+    },
     /// Remove the member holding `cert` at its own request (`/leave`).
     Leave {
         cert: VerifiedCert,
@@ -357,18 +364,20 @@ fn refuse(message: impl Into<String>) -> FromPeer {
 }
 
 async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPeer {
+    let rejoin = matches!(req, ToPeer::Rejoin { .. });
     match req {
         ToPeer::Status => FromPeer::Status(ctx.status.status()),
         _ if who.role() != Role::Member => refuse("only members may do that"),
-        ToPeer::Admit { cert, addr } => {
+        ToPeer::Admit { cert, addr } | ToPeer::Rejoin { cert, addr } => {
             if &cert != who.certificate() {
                 return refuse("the certificate to admit is not the caller's");
             }
             let (reply, rx) = oneshot::channel();
-            let job = LeaderJob::Admit {
-                cert: who.clone(),
-                addr,
-                reply,
+            let cert = who.clone();
+            let job = if rejoin {
+                LeaderJob::Rejoin { cert, addr, reply }
+            } else {
+                LeaderJob::Admit { cert, addr, reply }
             };
             job.run(&ctx.jobs, rx).await
         }

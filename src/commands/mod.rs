@@ -1,9 +1,12 @@
 //! One module a subcommand; each turns flags and config into a library call.
 
+mod chain;
+mod demo;
 mod keymanager;
 mod peer;
 mod proxy;
 mod status;
+mod verify;
 
 use conclave_shared::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +19,10 @@ pub async fn dispatch(args: Args, config: Config) -> anyhow::Result<()> {
         Command::Proxy(p) => proxy::run(p, args.json, config).await,
         Command::Peer(p) => peer::run(p, args.json, config).await,
         Command::Status(s) => status::run(s, args.json, config).await,
+        Command::Verify(v) => verify::run(v, args.json, config).await,
+        Command::Chain(c) => chain::run(c, args.json, config).await,
+        // The demo supervises child processes with blocking I/O: off the async runtime.
+        Command::Demo(d) => tokio::task::spawn_blocking(move || demo::run(d)).await?,
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn run(args: PeerArgs, json: bool, config: Config) -> anyhow::Result<(
         root,
         key_bits: config.identity.key_bits,
         invite: args.invite.clone(),
+        resync: args.resync,
         heartbeat_ms: config.raft.heartbeat_ms,
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,

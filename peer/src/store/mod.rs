@@ -22,11 +22,14 @@
 //!   snapshot data). `inbox`: [`SnapshotInbox`], receiving and verifying another member's.
 //! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
 //! - `error`: [`StoreError`].
+//! - [`inspect`]: a stopped peer's blocks, read-only and unverified, for `conclave verify`
+//!   and `conclave chain`.
 
 mod apply;
 mod disk;
 mod error;
 mod inbox;
+pub mod inspect;
 mod log;
 mod outbox;
 mod reader;

@@ -38,6 +38,11 @@ pub enum ToPeer {
     Status,
     /// Remove the caller from the group (its `/leave`).
     Leave,
+    /// As `Admit`, from a member that discarded its data (`conclave peer --resync`): if it is
+    /// already a member, the leader drops its Raft membership entry (it lost its log and its
+    /// vote) and adds it back as a learner that catches up from scratch, then restores its
+    /// role. Answered like `Admit`. (New variants go last: bincode numbers variants in order.)
+    Rejoin { cert: Certificate, addr: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
