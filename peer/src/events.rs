@@ -63,6 +63,12 @@ pub enum Event {
     SnapshotInstalled {
         height: u64,
     },
+    /// The answer to a console question (`/members`, `/leader`, `/chain`, `/verify`,
+    /// `/status`, `/help`): `command` is its name without the slash, `lines` the text.
+    Info {
+        command: String,
+        lines: Vec<String>,
+    },
     Error {
         message: String,
     },

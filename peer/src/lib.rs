@@ -9,10 +9,12 @@
 //! - `server`: `conclave/raft/1` and `conclave/peer/1`, with the after-handshake checks.
 //! - `network`, `rpc`: openraft's RPCs over QUIC.
 //! - `writer`: the author's outbox, one batch in flight, exactly once.
+//! - `console`: the console's questions (`/members`, `/chain`, `/verify`, ...), answered in order.
 //! - `observer`, `keyring`, `events`: applied blocks → what the user sees; group keys.
 //! - `store`: redb storage (Raft log, state machine, chain, outbox).
 //! - `types`: the openraft type configuration.
 
+pub mod console;
 pub mod enrol;
 pub mod error;
 pub mod events;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::console::{Console, Query};
 use crate::events::Event;
 use crate::keyring::KeyRing;
 use crate::peerlink::PeerLink;
@@ -37,11 +38,16 @@ const EPOCH_REFUSAL: &str = "is sealed under epoch";
 pub const LEADER_WAIT_MS: u64 = 3_000;
 /// How long one submission may wait for its commit before it is resent.
 pub const SUBMIT_TIMEOUT_MS: u64 = 10_000;
+/// Console questions waiting for their answers; more are refused with an error.
+const QUERY_QUEUE: usize = 64;
 
 pub enum Command {
     Append(String),
     /// Leave the group: deliver what is pending, then ask for this member's removal.
     Leave,
+    /// A console question; the answer comes as an `Event::Info` (or `Event::Error`), in the
+    /// order asked, from a task of its own so appends never wait for it.
+    Query(Query),
 }
 
 /// How the writer ended.
@@ -120,6 +126,16 @@ impl Writer {
         };
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(submitter.run(send_rx, done_tx, shutdown.child_token()));
+        let (query_tx, query_rx) = mpsc::channel::<Query>(QUERY_QUEUE);
+        let console = Console {
+            name: self.name.clone(),
+            raft: self.raft.clone(),
+            chain: self.chain.clone(),
+            status: self.status.clone(),
+            keys: self.keys.clone(),
+            events: self.events.clone(),
+        };
+        tasks.spawn(console.run(query_rx, shutdown.child_token()));
         let mut sending = false;
         let mut commands_open = true;
         let mut leaving = false;
@@ -146,6 +162,11 @@ impl Writer {
                 cmd = commands.recv(), if commands_open && !leaving => match cmd {
                     Some(Command::Append(text)) => self.enqueue(text).await,
                     Some(Command::Leave) => leaving = true,
+                    Some(Command::Query(q)) => {
+                        if query_tx.try_send(q).is_err() {
+                            self.error(format!("too many questions waiting; /{} not asked", q.name())).await;
+                        }
+                    }
                     None => commands_open = false,
                 },
                 Some((out, result)) = done_rx.recv() => {

@@ -4,6 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context;
+use conclave_peer::console::{self, Query};
 use conclave_peer::events::Event;
 use conclave_peer::node::{self, PeerOptions};
 use conclave_peer::writer::Command;
@@ -131,13 +132,28 @@ fn read_stdin(commands: mpsc::Sender<Command>, shutdown: CancellationToken, json
                         return;
                     }
                 }
-                "/help" => println!(
-                    "type a line to append it; /leave leaves the group for good; /exit (or $exit) stops this member, which stays in the group"
+                "/help" => print_event(
+                    json,
+                    &Event::Info {
+                        command: "help".into(),
+                        lines: console::HELP.iter().map(|l| (*l).to_owned()).collect(),
+                    },
                 ),
-                cmd if cmd.starts_with('/') => {
-                    let msg = format!("unknown command {cmd:?}; /help lists the commands");
-                    event(json, "error", json!({"message": msg}), || msg.clone());
-                }
+                cmd if cmd.starts_with('/') => match Query::parse(cmd) {
+                    Some(Ok(q)) => {
+                        if commands.blocking_send(Command::Query(q)).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(msg)) => event(json, "error", json!({"message": msg}), || {
+                        format!("error: {msg}")
+                    }),
+                    None => {
+                        let name = cmd.split_whitespace().next().unwrap_or(cmd);
+                        let msg = format!("unknown command {name:?}; /help lists the commands");
+                        event(json, "error", json!({"message": msg}), || msg.clone());
+                    }
+                },
                 _ => {
                     if commands
                         .blocking_send(Command::Append(line.to_owned()))
@@ -252,6 +268,12 @@ fn print_event(json: bool, e: &Event) {
             "snapshot_installed",
             json!({"height": height}),
             || format!("state installed from a snapshot at height {height}"),
+        ),
+        Event::Info { command, lines } => event(
+            json,
+            "info",
+            json!({"command": command, "lines": lines}),
+            || lines.join("\n"),
         ),
         Event::Error { message } => event(json, "error", json!({"message": message}), || {
             format!("error: {message}")
