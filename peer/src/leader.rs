@@ -282,24 +282,48 @@ impl LeaderCtx {
                         .is_some_and(|m| m.is_present() && !m.revoked)
             })
             .collect();
-        if strays.is_empty() {
-            return Ok(());
-        }
-        warn!(?strays, "removing Raft members the chain never admitted");
-        let voters: BTreeSet<NodeId> = membership
-            .voter_ids()
-            .filter(|v| strays.contains(v))
-            .collect();
-        if !voters.is_empty() {
+        if !strays.is_empty() {
+            warn!(
+                ?strays,
+                "removing Raft members the chain never admitted or removed"
+            );
+            let voters: BTreeSet<NodeId> = membership
+                .voter_ids()
+                .filter(|v| strays.contains(v))
+                .collect();
+            if !voters.is_empty() {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(voters), false)
+                    .await
+                    .map_err(|e| PeerError::Raft(e.to_string()))?;
+            }
             self.raft
-                .change_membership(ChangeMembers::RemoveVoters(voters), false)
+                .change_membership(ChangeMembers::RemoveNodes(strays), false)
                 .await
                 .map_err(|e| PeerError::Raft(e.to_string()))?;
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(strays), false)
-            .await
-            .map_err(|e| PeerError::Raft(e.to_string()))?;
+        // The other way round: the chain admitted a voter, but a leader died before Raft
+        // promoted it (admission writes the chain first). Promote it now.
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let unpromoted: BTreeSet<NodeId> = m
+            .membership()
+            .learner_ids()
+            .filter(|id| {
+                self.chain
+                    .member_by_id(*id)
+                    .is_some_and(|x| x.is_present() && !x.revoked && x.role == MemberRole::Voter)
+            })
+            .collect();
+        if !unpromoted.is_empty() {
+            info!(
+                ?unpromoted,
+                "promoting chain voters that Raft still has as learners"
+            );
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(unpromoted), false)
+                .await
+                .map_err(|e| PeerError::Raft(e.to_string()))?;
+        }
         Ok(())
     }
 
