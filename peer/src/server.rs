@@ -15,8 +15,7 @@ use conclave_shared::codec::Canonical;
 use conclave_shared::quic::{self, MemberTrust};
 use conclave_shared::wire::peer::{self as peerwire, FromPeer, ToPeer};
 use conclave_shared::wire::{read_frame, write_frame};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -88,33 +87,12 @@ pub struct ServerCtx {
 }
 
 pub async fn serve(ctx: ServerCtx, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(remote = %incoming.remote_address(), "too many connections; refusing");
-                    incoming.refuse();
-                    continue;
-                };
-                let remote = incoming.remote_address();
-                let ctx = ctx.clone();
-                let stop = shutdown.child_token();
-                tasks.spawn(async move {
-                    connection(ctx, incoming, stop).instrument(info_span!("conn", %remote)).await;
-                    drop(permit);
-                });
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    warn!("connection task failed: {e}");
-                }
-            }
-        }
-    }
+    let mut tasks =
+        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+            let remote = incoming.remote_address();
+            connection(ctx.clone(), incoming, stop).instrument(info_span!("conn", %remote))
+        })
+        .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 }

@@ -8,8 +8,6 @@ use conclave_shared::cert::VerifiedCert;
 use conclave_shared::quic::{self, ClientAuth, MemberTrust, TlsIdentity};
 use conclave_shared::wire::proxy::{self, FromProxy, Rejection, SignedAnnouncement, ToProxy};
 use conclave_shared::wire::{read_frame, write_frame, WireError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -58,31 +56,12 @@ pub(crate) async fn serve(
     let addr = endpoint.local_addr().ok();
     info!(?addr, fingerprint = %tls.fingerprint(), "proxy serving");
 
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    warn!(remote = %incoming.remote_address(), "too many connections; refusing");
-                    incoming.refuse();
-                    continue;
-                };
-                let remote = incoming.remote_address();
-                tasks.spawn(
-                    connection(shared.clone(), incoming, shutdown.child_token(), permit)
-                        .instrument(info_span!("proxy_conn", %remote)),
-                );
-            }
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    warn!("connection task failed: {e}");
-                }
-            }
-        }
-    }
+    let mut tasks =
+        quic::accept_connections(endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+            let remote = incoming.remote_address();
+            connection(shared.clone(), incoming, stop).instrument(info_span!("proxy_conn", %remote))
+        })
+        .await;
     info!("proxy shutting down");
     endpoint.set_server_config(None);
     endpoint.close(0u32.into(), b"proxy shutting down");
@@ -102,12 +81,7 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn connection(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, shutdown: CancellationToken) {
     let conn =
         match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
             Ok(Ok(c)) => c,

@@ -17,6 +17,7 @@
 //! - [`endpoint`]: quinn server and client configurations, [`peer_cert`] and
 //!   [`negotiated_alpn`] for the checks after the handshake.
 
+pub mod accept;
 pub mod binding;
 pub mod endpoint;
 pub mod trust;
@@ -27,6 +28,7 @@ use thiserror::Error;
 use crate::cert::{CertError, Role};
 use crate::identity::Fingerprint;
 
+pub use accept::accept_connections;
 pub use binding::{verify_presented, TlsIdentity, CONCLAVE_CERT_OID, MAX_TLS_CERT_BYTES};
 pub use endpoint::{
     client_config, negotiated_alpn, peer_cert, server_config, ClientAuth, ServerTrust,
