@@ -100,6 +100,10 @@ pub struct PeerArgs {
     /// the group as a new learner. Records not yet committed are lost.
     #[arg(long)]
     pub resync: bool,
+    /// `conclave demo` only: a JSON file of its peers' process ids, so this console can
+    /// `/kill-leader`.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub demo_pids: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

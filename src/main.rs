@@ -18,7 +18,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = output::init_tracing(args.log_level.as_deref().unwrap_or(&config.log_level)) {
+    // A person typing at the console should not have info logs scrolling through their line.
+    let level = match &args.log_level {
+        Some(l) => l.clone(),
+        None if commands::quiet_console(&args) => "warn".to_owned(),
+        None => config.log_level.clone(),
+    };
+    if let Err(e) = output::init_tracing(&level) {
         eprintln!("conclave: {e}");
         return ExitCode::from(2);
     }

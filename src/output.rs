@@ -28,8 +28,17 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 
 /// Writes one event: a JSON line with `event` and `t` when `json`, else the human line.
 pub fn event(json: bool, name: &str, fields: Value, human: impl FnOnce() -> String) {
-    let mut out = std::io::stdout().lock();
-    let line = if json {
+    write_line(&format_event(json, name, fields, human));
+}
+
+/// One event as the line `event` would write, without the newline.
+pub fn format_event(
+    json: bool,
+    name: &str,
+    fields: Value,
+    human: impl FnOnce() -> String,
+) -> String {
+    if json {
         let mut obj = Map::new();
         obj.insert("event".into(), Value::from(name));
         obj.insert(
@@ -42,7 +51,12 @@ pub fn event(json: bool, name: &str, fields: Value, human: impl FnOnce() -> Stri
         Value::Object(obj).to_string()
     } else {
         human()
-    };
+    }
+}
+
+/// Writes one line to stdout and flushes it.
+pub fn write_line(line: &str) {
+    let mut out = std::io::stdout().lock();
     // A closed stdout (e.g. `| head`) must not kill a server.
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

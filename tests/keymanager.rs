@@ -222,6 +222,50 @@ fn an_unreachable_key_manager_is_exit_1_with_a_reason() {
     assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
 }
 
+/// A troubleshooting case the README names: a port already in use, for each server, is exit
+/// 1 with a line that says what to do.
+#[test]
+fn a_port_in_use_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    for args in [
+        vec!["keymanager", "--listen", addr.as_str(), "--data", "km"],
+        vec!["proxy", "--listen", addr.as_str(), "--data", "proxy"],
+    ] {
+        let mut cmd = conclave(d);
+        cmd.args(&args);
+        let out = run(cmd);
+        assert_eq!(out.code(), Some(1), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("cannot listen on {addr}: the port is in use")),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+
+    // A peer whose port is in use says so before it tries anything else.
+    let id = Identity::generate(2048).unwrap();
+    id.public().save_pem(&d.join("root.pub.pem")).unwrap();
+    let mut cmd = conclave(d);
+    cmd.args([
+        "peer",
+        "--name",
+        "pat",
+        "--listen",
+        &addr,
+        "--root-key",
+        "root.pub.pem",
+        "--data",
+        "pat",
+    ]);
+    let out = run(cmd);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("the port is in use"), "{}", out.stderr);
+}
+
 /// kill -9 while registrations are in flight: every registration that was answered is there
 /// after the restart, and every name is bound either to its key or to nothing.
 #[test]

@@ -67,6 +67,7 @@ impl KeymanagerClient {
         deadline: Duration,
     ) -> Result<Self, KeymanagerError> {
         let until = tokio::time::Instant::now() + deadline;
+        let mut warned = false;
         loop {
             match Self::connect(endpoint, addr, root).await {
                 Ok(c) => return Ok(c),
@@ -74,6 +75,14 @@ impl KeymanagerClient {
                     if tokio::time::Instant::now() + Duration::from_millis(RETRY_INTERVAL_MS)
                         < until =>
                 {
+                    // Once where a person sees it (it may simply not be started yet), then quietly.
+                    if !warned {
+                        tracing::warn!(
+                            "key manager at {addr} not reachable yet ({e}); retrying for up to {} s",
+                            deadline.as_secs()
+                        );
+                        warned = true;
+                    }
                     debug!("key manager not reachable yet: {e}");
                     tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
                 }

@@ -41,6 +41,7 @@ pub const SUBMIT_TIMEOUT_MS: u64 = 10_000;
 /// Console questions waiting for their answers; more are refused with an error.
 const QUERY_QUEUE: usize = 64;
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Append(String),
     /// Leave the group: deliver what is pending, then ask for this member's removal.

@@ -3,13 +3,13 @@
 //! stops when it ends, and its data is removed unless `--keep` is given.
 //!
 //! Every part is a real `conclave` process (this same binary), so what the demo shows is what
-//! a deployment does. The fourth member's console is a child too: the demo passes the user's
-//! lines to it, except `/kill-leader`, which it handles itself.
+//! a deployment does. The fourth member's console is a child too, on the user's own terminal;
+//! the demo hands it a file of the peers' process ids so that it understands `/kill-leader`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -183,39 +183,22 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
 
-    // The console: a fourth peer whose input is the user's, minus the demo's own commands.
-    let args = peer_args("you");
-    let mut console = Command::new(std::env::current_exe()?)
+    let pids: serde_json::Map<String, Value> = peers
+        .iter()
+        .map(|p| (p.name.clone(), Value::from(p.child.id())))
+        .collect();
+    std::fs::write(dir.join(PIDS), Value::Object(pids).to_string())?;
+
+    // The console: a fourth peer on the user's terminal (a line editor there, plain lines
+    // from a pipe).
+    let mut args = peer_args("you");
+    args.extend(["--demo-pids".to_owned(), PIDS.to_owned()]);
+    let status = Command::new(std::env::current_exe()?)
         .current_dir(dir)
         .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
         .stderr(std::fs::File::create(dir.join("you.log"))?)
-        .spawn()
+        .status()
         .context("cannot start the console")?;
-    let mut input = console.stdin.take().context("no console stdin")?;
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let status = loop {
-        if let Some(status) = console.try_wait()? {
-            break status;
-        }
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.trim() == "/kill-leader" => kill_leader(dir, &proxy_addr, &mut peers),
-            Ok(line) => forward(&mut input, &line),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // End of input: the console keeps running until /exit, as a peer does.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-        }
-    };
     drop(peers);
     drop(proxy);
     drop(km);
@@ -227,23 +210,15 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn forward(input: &mut ChildStdin, line: &str) {
-    let _ = writeln!(input, "{line}");
-    let _ = input.flush();
-}
+/// The file that tells the console which process each demo peer is.
+const PIDS: &str = "pids.json";
 
-/// Asks the proxy who leads and kills that process with SIGKILL.
-fn kill_leader(dir: &Path, proxy: &str, peers: &mut Vec<Part>) {
+/// `/kill-leader`, run by the demo's console: asks the proxy who leads and, if it is one of
+/// the demo's peers, kills that process with SIGKILL. Returns what to tell the user.
+pub fn kill_leader(pids: &Path, proxy: &str, root_key: &Path) -> String {
     let out = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("conclave")))
-        .current_dir(dir)
-        .args([
-            "--json",
-            "status",
-            "--proxy",
-            proxy,
-            "--root-key",
-            "root.pub.pem",
-        ])
+        .args(["--json", "status", "--proxy", proxy, "--root-key"])
+        .arg(root_key)
         .stderr(Stdio::null())
         .output();
     let leader = out
@@ -254,17 +229,30 @@ fn kill_leader(dir: &Path, proxy: &str, peers: &mut Vec<Part>) {
                 .find_map(|l| serde_json::from_str::<Value>(l).ok())
         })
         .and_then(|v| v["leader"].as_str().map(str::to_owned));
-    match leader {
-        Some(name) => match peers.iter().position(|p| p.name == name) {
-            Some(i) => {
-                let p = peers.remove(i);
-                println!("[demo] kill -9 {name} (the leader); the others elect a new one within about a second");
-                drop(p);
-            }
-            None => println!(
-                "[demo] the leader is {name}: the demo kills only the three peers it started"
+    let Some(name) = leader else {
+        return "[demo] no leader known right now; try again in a moment".into();
+    };
+    let pid = std::fs::read_to_string(pids)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v[&name].as_u64())
+        .and_then(|p| i32::try_from(p).ok());
+    let Some(pid) = pid else {
+        return format!(
+            "[demo] the leader is {name}: the demo kills only the three peers it started"
+        );
+    };
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            Ok(()) => format!(
+                "[demo] kill -9 {name} (the leader); the others elect a new one within about a second"
             ),
-        },
-        None => println!("[demo] no leader known right now; try again in a moment"),
+            Err(e) => format!("[demo] cannot kill {name}: {e} (already killed?)"),
+        }
     }
+    #[cfg(not(unix))]
+    format!("[demo] the leader is {name} (process {pid}); killing it needs a Unix system")
 }

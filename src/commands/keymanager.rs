@@ -42,8 +42,7 @@ async fn serve(
     };
     let km = tokio::task::spawn_blocking(move || Keymanager::open(&opts)).await??;
     let listen = args.listen.unwrap_or(config.keymanager.addr);
-    let endpoint =
-        quinn::Endpoint::client(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let endpoint = super::bind(listen)?;
     let addr = endpoint.local_addr()?;
     let fp = km.root_fingerprint();
     event(

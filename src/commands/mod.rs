@@ -1,7 +1,7 @@
 //! One module a subcommand; each turns flags and config into a library call.
 
 mod chain;
-mod demo;
+pub mod demo;
 mod keymanager;
 mod peer;
 mod proxy;
@@ -24,6 +24,25 @@ pub async fn dispatch(args: Args, config: Config) -> anyhow::Result<()> {
         // The demo supervises child processes with blocking I/O: off the async runtime.
         Command::Demo(d) => tokio::task::spawn_blocking(move || demo::run(d)).await?,
     }
+}
+
+/// A QUIC endpoint bound to `listen`, with an error that says what to do when the port is
+/// taken.
+pub fn bind(listen: std::net::SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    quinn::Endpoint::client(listen).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen on {listen}: the port is in use by another process; stop it, or choose another address (--listen, or the config file)"
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {listen}: {e}")
+        }
+    })
+}
+
+/// Whether this run is a person's console on a terminal (logs then default to warnings).
+pub fn quiet_console(args: &Args) -> bool {
+    matches!(args.command, Command::Peer(_)) && peer::interactive(args.json)
 }
 
 /// A token cancelled by SIGINT or SIGTERM, so servers stop cleanly and exit 0.

@@ -27,8 +27,7 @@ pub async fn run(args: ProxyArgs, json: bool, config: Config) -> anyhow::Result<
     opts.invite = args.invite.clone();
     let mut proxy = tokio::task::spawn_blocking(move || Proxy::open(opts)).await??;
     let listen = args.listen.unwrap_or(config.proxy.addr);
-    let endpoint =
-        quinn::Endpoint::client(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let endpoint = super::bind(listen)?;
     let km = args.keymanager.unwrap_or(config.keymanager.addr);
     tokio::select! {
         r = proxy.register(&endpoint, km, root, REGISTER_DEADLINE) => { r?; }

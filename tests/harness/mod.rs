@@ -15,6 +15,7 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub mod cluster;
+pub mod tmux;
 
 /// The `conclave` binary, run in `dir` so that no stray `config.yml` is picked up.
 pub fn conclave(dir: &Path) -> Command {
