@@ -42,6 +42,56 @@ pub enum Command {
     Chain(ChainArgs),
     /// Start a whole group on 127.0.0.1 (key manager, proxy, three peers) and join it.
     Demo(DemoArgs),
+    /// Measure a local group (and, with --compare-etcd, etcd side by side).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Workloads: seq, c16, c64, c256 (any cN), failover, catchup, verify, scale
+    /// (default: all but scale).
+    #[arg(value_name = "WORKLOAD")]
+    pub workloads: Vec<String>,
+    /// Peers in the group the bench starts.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub peers: usize,
+    /// Seconds each throughput workload is measured (after --warmup).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub warmup: f64,
+    /// Leader kills in `failover`.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub failover_runs: usize,
+    /// Records written before the new member of `catchup` starts.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub catchup_records: usize,
+    /// Records in the chain `verify` checks.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub verify_records: usize,
+    /// Members in `scale` (the first five vote).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub scale_members: usize,
+    /// Records per second in `scale`.
+    #[arg(long, default_value_t = 1000.0, value_name = "N")]
+    pub scale_rate: f64,
+    /// Seconds of load in `scale`.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub scale_duration: f64,
+    /// Also run every workload against a 3-member etcd on 127.0.0.1 (installed from Debian's
+    /// packages if missing), alternating with Conclave, and print the ratios.
+    #[arg(long)]
+    pub compare_etcd: bool,
+    /// With --json: where the results go.
+    #[arg(long, default_value = "bench-results.json", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Write the latency-against-throughput plot (SVG) here.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Keep the data and logs of everything the bench started (the path is printed).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,5 +1,6 @@
 //! One module a subcommand; each turns flags and config into a library call.
 
+mod bench;
 mod chain;
 pub mod demo;
 mod keymanager;
@@ -22,6 +23,7 @@ pub async fn dispatch(args: Args, config: Config) -> anyhow::Result<()> {
         Command::Verify(v) => verify::run(v, args.json, config).await,
         Command::Chain(c) => chain::run(c, args.json, config).await,
         // The demo supervises child processes with blocking I/O: off the async runtime.
+        Command::Bench(b) => bench::run(b, args.json).await,
         Command::Demo(d) => tokio::task::spawn_blocking(move || demo::run(d)).await?,
     }
 }
