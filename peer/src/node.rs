@@ -189,6 +189,9 @@ async fn run_once(
             e => PeerError::Store(e.to_string()),
         })?;
     let (log_store, state_machine, chain, outbox) = store.into_parts();
+    // Applied blocks are committed without fsync (the Raft log is the durable copy); a clean
+    // stop makes them durable so the stopped store holds everything it showed.
+    let syncer = outbox.clone();
 
     let config = Config {
         cluster_name: "conclave".into(),
@@ -315,12 +318,12 @@ async fn run_once(
         });
         let j = tokio::select! {
             j = j => j,
-            _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
+            _ = stop.cancelled() => return shut_down(raft, tasks, &syncer, false).await,
         };
         match j {
             Ok(j) => Some(j),
             Err(e) => {
-                let _ = shut_down(raft, tasks, false).await;
+                let _ = shut_down(raft, tasks, &syncer, false).await;
                 return Err(e);
             }
         }
@@ -337,9 +340,9 @@ async fn run_once(
     };
     tokio::select! {
         _ = ready => {}
-        _ = stop.cancelled() => return shut_down(raft, tasks, false).await,
-        _ = removed.cancelled() => return shut_down(raft, tasks, false).await,
-        Some(()) = rejoin_rx.recv() => return shut_down(raft, tasks, true).await,
+        _ = stop.cancelled() => return shut_down(raft, tasks, &syncer, false).await,
+        _ = removed.cancelled() => return shut_down(raft, tasks, &syncer, false).await,
+        Some(()) = rejoin_rx.recv() => return shut_down(raft, tasks, &syncer, true).await,
     }
     let _ = events.send(joined_event(&status, &chain, joined)).await;
 
@@ -370,7 +373,7 @@ async fn run_once(
         _ = removed.cancelled() => false,
         Some(()) = rejoin_rx.recv() => true,
     };
-    shut_down(raft, tasks, rejoin).await
+    shut_down(raft, tasks, &syncer, rejoin).await
 }
 
 fn joined_event(
@@ -434,12 +437,20 @@ async fn leader_events(raft: Raft, events: mpsc::Sender<Event>, stop: Cancellati
     }
 }
 
-async fn shut_down(raft: Raft, mut tasks: JoinSet<()>, rejoin: bool) -> Result<bool, PeerError> {
+async fn shut_down(
+    raft: Raft,
+    mut tasks: JoinSet<()>,
+    store: &crate::store::Outbox,
+    rejoin: bool,
+) -> Result<bool, PeerError> {
     tasks.abort_all();
     if let Err(e) = raft.shutdown().await {
         warn!("raft did not shut down cleanly: {e}");
     }
     while tasks.join_next().await.is_some() {}
+    if let Err(e) = store.sync() {
+        warn!("could not make the store durable on the way out: {e}");
+    }
     Ok(rejoin)
 }
 

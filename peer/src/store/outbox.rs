@@ -8,14 +8,18 @@
 //! *in flight* and resent byte for byte after a crash or a leader change, so the chain's
 //! dedup index recognises a retry. At most one batch is in flight.
 //!
-//! Every call is one short redb transaction (an fsync for writes). The writer task owns
-//! the outbox, so there is never a second caller racing for a `seq`.
+//! Every call is one short redb transaction. Only the in-flight batch must be durable before
+//! it is sent (so a retry after a crash is the same bytes); enqueueing and completing are
+//! committed without fsync: a crash can lose a line nobody was told is committed (the
+//! durable commit that stores its batch makes it durable first), or forget a completion (the
+//! batch is then resent and answered as a duplicate). The writer task owns the outbox, so
+//! there is never a second caller racing for a `seq`.
 
 use std::sync::Arc;
 
 use conclave_shared::chain::{RecordBatch, MAX_RECORD_PLAINTEXT_BYTES};
 use conclave_shared::codec::Canonical;
-use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::error::{DbResult, StoreError};
 use super::schema::{INFLIGHT_BATCH, META, OUTBOX, OUTBOX_INFLIGHT, OUTBOX_NEXT_SEQ};
@@ -85,13 +89,23 @@ impl Outbox {
         Self { db }
     }
 
+    /// Makes every earlier commit to this database durable (those of the outbox and of the
+    /// applied chain that skip the fsync).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().db()?;
+        set_counter(&tx, counter(&tx)?)?;
+        tx.commit().db()?;
+        Ok(())
+    }
+
     /// The `seq` the next enqueued record gets (1 for a member's first record).
     pub fn next_seq(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().db()?;
         read_counter(&tx.open_table(META).db()?)
     }
 
-    /// Stores `plaintext` durably as the next record and returns its `seq`.
+    /// Stores `plaintext` as the next record and returns its `seq`; durable with the next
+    /// durable commit (at the latest when its batch is stored, before it is sent).
     pub fn enqueue(&self, plaintext: &[u8]) -> Result<u64, StoreError> {
         if plaintext.len() > MAX_RECORD_PLAINTEXT_BYTES {
             return Err(StoreError::RecordTooLarge {
@@ -99,7 +113,8 @@ impl Outbox {
                 max: MAX_RECORD_PLAINTEXT_BYTES,
             });
         }
-        let tx = self.db.begin_write().db()?;
+        let mut tx = self.db.begin_write().db()?;
+        tx.set_durability(Durability::None).db()?;
         let seq = counter(&tx)?;
         tx.open_table(OUTBOX).db()?.insert(seq, plaintext).db()?;
         set_counter(&tx, next_after(seq)?)?;
@@ -185,7 +200,8 @@ impl Outbox {
     /// The batch in flight was committed (or found to be a duplicate): deletes it and its
     /// records in one transaction. Returns how many records it carried.
     pub fn complete_inflight(&self) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().db()?;
+        let mut tx = self.db.begin_write().db()?;
+        tx.set_durability(Durability::None).db()?;
         let n = {
             let mut inflight = tx.open_table(OUTBOX_INFLIGHT).db()?;
             let Some((_, seqs)) = inflight_seqs(&inflight)? else {

@@ -115,7 +115,11 @@ fn apply_entries(
             replies.push(outcome.reply);
         }
     }
-    let tx = db.begin_write().db()?;
+    // No fsync: the Raft log holds every applied entry durably, and a crash that loses this
+    // commit rolls `last applied` back with it, so openraft applies the entries again. Any
+    // durable commit (a log append, a purge, a vote) makes this one durable too.
+    let mut tx = db.begin_write().db()?;
+    tx.set_durability(redb::Durability::None).db()?;
     {
         let mut table = tx.open_table(BLOCKS).db()?;
         for block in &blocks {
