@@ -48,8 +48,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Workloads: seq, c16, c64, c256 (any cN), failover, catchup, verify, scale
-    /// (default: all but scale).
+    /// Workloads: seq, c16, c64, c256 (any cN), failover, catchup, verify, scale, idle
+    /// (default: all but scale and idle).
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Peers in the group the bench starts.
@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// Seconds of load in `scale`.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub scale_duration: f64,
+    /// Seconds the group is left alone in `idle` (elections are counted).
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub idle_secs: f64,
     /// Also run every workload against a 3-member etcd on 127.0.0.1 (installed from Debian's
     /// packages if missing), alternating with Conclave, and print the ratios.
     #[arg(long)]

@@ -39,6 +39,9 @@ fn every_workload_runs_on_small_sizes_and_reports_its_figures() {
         "catchup",
         "verify",
         "scale",
+        "idle",
+        "--idle-secs",
+        "1",
         "--peers",
         "3",
         "--duration",
@@ -66,7 +69,9 @@ fn every_workload_runs_on_small_sizes_and_reports_its_figures() {
     let done = p.wait_exit(Duration::from_secs(600));
     assert_eq!(done.code(), Some(0), "{}", done.stderr);
     // The table names every workload.
-    for w in ["seq", "c4", "failover", "catchup", "verify", "scale"] {
+    for w in [
+        "seq", "c4", "failover", "catchup", "verify", "scale", "idle",
+    ] {
         assert!(
             done.stdout.iter().any(|l| l == w),
             "no {w} in the table:\n{}",
@@ -106,6 +111,13 @@ fn every_workload_runs_on_small_sizes_and_reports_its_figures() {
     assert_eq!(f["voters"], 5);
     positive(&f["records_acknowledged"], "scale records acknowledged");
     positive(&f["commit"]["p99_ms"], "scale p99");
+    let f = &row(&report, "idle")["conclave"]["figure"];
+    assert_eq!(f["kind"], "idle", "{f:#}");
+    assert!(f["seconds"].as_f64().unwrap() >= 1.0, "{f:#}");
+    assert!(
+        f["term_after"].as_u64().unwrap() >= f["term_before"].as_u64().unwrap(),
+        "{f:#}"
+    );
     // No etcd in this run.
     assert!(row(&report, "seq")["etcd"].is_null());
 

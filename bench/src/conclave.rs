@@ -186,8 +186,9 @@ async fn wait_caught_up(g: &Group, i: usize) -> Result<(), BenchError> {
 pub struct Catchup {
     pub records: usize,
     pub head_height: u64,
-    /// From starting the new member's process to it applying the head: registration (its
-    /// RSA key is made here), admission and replay.
+    /// From starting the new member's process to it applying the head: asking the proxy,
+    /// admission and replay. Its key was made and registered before (enrolment is an
+    /// operator's step, as `member add` is etcd's), so RSA key generation is not in it.
     pub spawn_to_head_ms: f64,
     /// From its first applied record to the head: the replay alone.
     pub first_record_to_head_ms: Option<f64>,
@@ -226,12 +227,11 @@ pub async fn catchup(g: &mut Group, records: usize) -> Result<Catchup, BenchErro
         wait_caught_up(g, i).await?;
     }
     let mut seen = g.watch_records();
-    let spawned = Instant::now();
-    let newcomer = g.add_peer().await?;
+    let (newcomer, spawned) = g.add_enrolled_peer().await?;
     // Any event with a height counts (the head may be a checkpoint, not a record); the
     // first record it applies marks the start of the replay.
     let mut first = None;
-    let until = spawned + Duration::from_secs(300);
+    let until = spawned + Duration::from_secs(120);
     let reached = loop {
         while let Ok(s) = seen.try_recv() {
             if s.peer == newcomer {
@@ -244,7 +244,9 @@ pub async fn catchup(g: &mut Group, records: usize) -> Result<Catchup, BenchErro
         if Instant::now() > until {
             g.stop_watching();
             return Err(BenchError::Deadline(format!(
-                "the new member applying height {head}"
+                "the new member applying height {head} (its height: {}; its log ends:\n{})",
+                g.peers[newcomer].height(),
+                g.peers[newcomer].log_tail(&g.dir, 15)
             )));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -353,5 +355,35 @@ pub async fn scale(
         all_members_hold: Latency::of(&everyone),
         records_everyone_saw: everyone.len(),
         records_acknowledged: commits.len(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub seconds: f64,
+    pub term_before: u64,
+    pub term_after: u64,
+    /// Elections while nothing happened: each raises the term at least once.
+    pub elections: u64,
+    pub leader_before: String,
+    pub leader_after: String,
+}
+
+/// Leaves the group alone for `duration` and counts the elections (term changes) meanwhile:
+/// with no fault, a healthy leader keeps its term.
+pub async fn idle(g: &Group, duration: Duration) -> Result<Idle, BenchError> {
+    let term = |v: &serde_json::Value| v["term"].as_u64().unwrap_or(0);
+    let name = |v: &serde_json::Value| v["leader"].as_str().unwrap_or("").to_owned();
+    let before = g.status().await?;
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    let after = g.status().await?;
+    Ok(Idle {
+        seconds: start.elapsed().as_secs_f64(),
+        term_before: term(&before),
+        term_after: term(&after),
+        elections: term(&after).saturating_sub(term(&before)),
+        leader_before: name(&before),
+        leader_after: name(&after),
     })
 }

@@ -332,6 +332,29 @@ impl Peer {
         p.wait_event(name, deadline, pred).await
     }
 
+    /// SIGTERM, waiting up to ten seconds for the exit (then SIGKILL).
+    pub async fn terminate(&self) {
+        let pid = self.pid.load(Ordering::Relaxed);
+        if pid != 0 {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+            if let Some(proc) = self.proc.lock().await.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), proc.child.wait()).await;
+            }
+        }
+        self.kill9().await;
+    }
+
+    /// The last lines of this peer's log, for an error message.
+    pub fn log_tail(&self, dir: &Path, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(dir.join(format!("{}.log", self.name))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// SIGKILL, and forget the appends that can no longer be acknowledged.
     pub async fn kill9(&self) {
         self.pid.store(0, Ordering::Relaxed);
@@ -446,8 +469,46 @@ impl Group {
         Ok(index)
     }
 
+    /// Starts one more peer whose key is made and registered first (as an operator enrols a
+    /// member ahead of time): a first run that cannot reach the proxy stops once its
+    /// certificate is on disk; then the real start. Returns its index and when that start was.
+    pub async fn add_enrolled_peer(&mut self) -> Result<(usize, Instant), BenchError> {
+        let index = self.peers.len();
+        let name = format!("p{}", index + 1);
+        let listen = free_addr()?;
+        self.peers.push(Peer {
+            name: name.clone(),
+            listen,
+            index,
+            proc: tokio::sync::Mutex::new(None),
+            stdin: tokio::sync::Mutex::new(None),
+            pid: AtomicU32::new(0),
+            acks: Arc::new(Mutex::new(Acks::default())),
+        });
+        let nowhere = free_addr()?;
+        self.launch_with(index, Some(nowhere)).await?;
+        let cert = self.dir.join("peers").join(&name).join("certificate.bin");
+        let until = Instant::now() + START_DEADLINE;
+        while !cert.exists() {
+            if Instant::now() > until {
+                return Err(BenchError::Deadline(format!("{name}'s registration")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A clean stop, so the store is closed as a stopped member's is.
+        self.peers[index].terminate().await;
+        let started = Instant::now();
+        self.launch(index).await?;
+        Ok((index, started))
+    }
+
     async fn launch(&self, i: usize) -> Result<(), BenchError> {
+        self.launch_with(i, None).await
+    }
+
+    async fn launch_with(&self, i: usize, proxy: Option<SocketAddr>) -> Result<(), BenchError> {
         let p = &self.peers[i];
+        let proxy = proxy.unwrap_or(self.proxy_addr);
         let mut args: Vec<String> = [
             "peer",
             "--name",
@@ -459,7 +520,7 @@ impl Group {
             "--keymanager",
             &self.km_addr.to_string(),
             "--proxy",
-            &self.proxy_addr.to_string(),
+            &proxy.to_string(),
             "--root-key",
             "root.pub.pem",
         ]
@@ -513,27 +574,38 @@ impl Group {
         }
     }
 
-    /// The current leader's index, from the latest `leader` event of a running peer.
+    /// What `conclave status` says of the group (leader, term, members).
+    pub async fn status(&self) -> Result<Value, BenchError> {
+        let out = tokio::process::Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .args([
+                "--json",
+                "status",
+                "--proxy",
+                &self.proxy_addr.to_string(),
+                "--root-key",
+                "root.pub.pem",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .await?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .ok_or_else(|| BenchError::Protocol {
+                from: "conclave status".into(),
+                why: "no JSON line".into(),
+            })
+    }
+
+    /// The current leader's index, as the proxy's status names it (a running peer).
     pub async fn leader(&self) -> Result<usize, BenchError> {
         let until = Instant::now() + START_DEADLINE;
         loop {
-            // Ask the status command: one process, no identity needed.
-            let out = tokio::process::Command::new(&self.bin)
-                .current_dir(&self.dir)
-                .args([
-                    "--json",
-                    "status",
-                    "--proxy",
-                    &self.proxy_addr.to_string(),
-                    "--root-key",
-                    "root.pub.pem",
-                ])
-                .stderr(Stdio::null())
-                .output()
-                .await?;
-            let leader = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            let leader = self
+                .status()
+                .await
+                .ok()
                 .and_then(|v| v["leader"].as_str().map(str::to_owned));
             if let Some(i) = leader.and_then(|n| self.peers.iter().position(|p| p.name == n)) {
                 if self.peers[i].running() {

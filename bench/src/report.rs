@@ -25,6 +25,7 @@ pub fn headline(f: &Figure) -> Option<(f64, bool)> {
         Figure::EtcdCatchup(c) => Some((c.add_to_caught_up_ms, false)),
         Figure::Verify(v) => Some((v.records_per_sec, true)),
         Figure::Scale(s) => s.commit.as_ref().map(|l| (l.p99_ms, false)),
+        Figure::Idle(_) => None,
         Figure::Skipped { .. } | Figure::Failed { .. } => None,
     }
 }
@@ -70,7 +71,7 @@ pub fn describe(f: &Figure) -> String {
             s
         }
         Figure::EtcdCatchup(c) => format!(
-            "new member applied raft index {} ({} puts) {} ms after member add",
+            "new member applied raft index {} ({} puts) {} ms after its start",
             c.target_raft_index,
             c.records,
             f1(c.add_to_caught_up_ms)
@@ -111,6 +112,15 @@ pub fn describe(f: &Figure) -> String {
             }
             out
         }
+        Figure::Idle(i) => format!(
+            "{} elections in {} s left alone (term {} -> {}, leader {} -> {})",
+            i.elections,
+            f1(i.seconds),
+            i.term_before,
+            i.term_after,
+            i.leader_before,
+            i.leader_after
+        ),
         Figure::Skipped { why } => format!("skipped: {why}"),
         Figure::Failed { error } => format!("FAILED: {error}"),
     }

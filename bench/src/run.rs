@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::conclave::{self, Catchup, ConclaveAppender, Failover, Scale};
+use crate::conclave::{self, Catchup, ConclaveAppender, Failover, Idle, Scale};
 use crate::cpu::cpu_seconds;
 use crate::etcd::EtcdCluster;
 use crate::group::Group;
@@ -41,6 +41,7 @@ pub struct Options {
     pub scale_members: usize,
     pub scale_rate: f64,
     pub scale_duration: Duration,
+    pub idle: Duration,
     pub compare_etcd: bool,
     /// Attach to this group's proxy instead of starting one (only the writers are ours).
     pub proxy: Option<SocketAddr>,
@@ -57,6 +58,7 @@ pub enum Figure {
     EtcdCatchup(EtcdCatchup),
     Verify(Verify),
     Scale(Scale),
+    Idle(Idle),
     Skipped { why: String },
     Failed { error: String },
 }
@@ -221,11 +223,26 @@ async fn run_conclave(g: &mut Group, w: Workload, opts: &Options) -> Measured {
             .await
         }
         Workload::Catchup => {
-            let pids = g.pids();
+            // A group of its own, so the newcomer replays exactly these records (and not the
+            // other workloads' ones), as etcd's fresh cluster does.
+            let dir = opts.dir.join("catchup");
+            let mut fresh = match Group::start(&g.bin, &dir, opts.peers, &[]).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return Measured {
+                        figure: Figure::Failed {
+                            error: e.to_string(),
+                        },
+                        cpu_seconds: 0.0,
+                        wall_seconds: 0.0,
+                    }
+                }
+            };
+            let pids = fresh.pids();
             measured(
                 || pids.clone(),
                 || async {
-                    conclave::catchup(g, opts.catchup_records)
+                    conclave::catchup(&mut fresh, opts.catchup_records)
                         .await
                         .map(Figure::Catchup)
                 },
@@ -242,6 +259,14 @@ async fn run_conclave(g: &mut Group, w: Workload, opts: &Options) -> Measured {
                         .map_err(|e| BenchError::Other(e.to_string()))?
                         .map(Figure::Verify)
                 },
+            )
+            .await
+        }
+        Workload::Idle => {
+            let pids = g.pids();
+            measured(
+                || pids.clone(),
+                || async { conclave::idle(g, opts.idle).await.map(Figure::Idle) },
             )
             .await
         }
@@ -291,20 +316,38 @@ async fn run_etcd(c: &mut EtcdCluster, w: Workload, opts: &Options) -> Measured 
             .await
         }
         Workload::Catchup => {
+            let dir = opts.dir.join("etcd-catchup");
+            let fresh = match std::fs::create_dir_all(&dir) {
+                Ok(()) => EtcdCluster::start(&dir, 3).await,
+                Err(e) => Err(e.into()),
+            };
+            let mut fresh = match fresh {
+                Ok(f) => f,
+                Err(e) => {
+                    return Measured {
+                        figure: Figure::Failed {
+                            error: e.to_string(),
+                        },
+                        cpu_seconds: 0.0,
+                        wall_seconds: 0.0,
+                    }
+                }
+            };
+            let pids = fresh.pids();
             measured(
                 || pids.clone(),
                 || async {
-                    vs_etcd::catchup(c, opts.catchup_records)
+                    vs_etcd::catchup(&mut fresh, opts.catchup_records)
                         .await
                         .map(Figure::EtcdCatchup)
                 },
             )
             .await
         }
-        Workload::Verify | Workload::Scale => Measured {
+        Workload::Verify | Workload::Scale | Workload::Idle => Measured {
             figure: Figure::Skipped {
-                why: "etcd has no such workload (no signed chain to verify; scale is Conclave's \
-                      own target)"
+                why: "etcd has no such workload (no signed chain to verify; scale and idle are \
+                      Conclave's own targets)"
                     .into(),
             },
             cpu_seconds: 0.0,

@@ -27,11 +27,13 @@ pub enum Workload {
     Verify,
     /// 5 voters and 45 learners at 1,000 records/s.
     Scale,
+    /// The group left alone: elections counted (there should be none).
+    Idle,
 }
 
 impl Workload {
-    /// What `conclave bench` runs when no workload is named (`scale` starts 50 processes;
-    /// it runs only when named).
+    /// What `conclave bench` runs when no workload is named (`scale` starts 50 processes and
+    /// `idle` waits ten minutes; they run only when named).
     pub const DEFAULT: &'static [Workload] = &[
         Workload::Seq,
         Workload::InFlight(16),
@@ -50,6 +52,7 @@ impl Workload {
             Workload::Catchup => "catchup".into(),
             Workload::Verify => "verify".into(),
             Workload::Scale => "scale".into(),
+            Workload::Idle => "idle".into(),
         }
     }
 }
@@ -64,12 +67,13 @@ impl FromStr for Workload {
             "catchup" => Ok(Workload::Catchup),
             "verify" => Ok(Workload::Verify),
             "scale" => Ok(Workload::Scale),
+            "idle" => Ok(Workload::Idle),
             c if c.starts_with('c') => match c[1..].parse::<usize>() {
                 Ok(n) if (1..=4096).contains(&n) => Ok(Workload::InFlight(n)),
                 _ => Err(format!("{s:?}: cN takes N from 1 to 4096 (c16, c64, c256)")),
             },
             _ => Err(format!(
-                "unknown workload {s:?}: seq, c16, c64, c256 (any cN), failover, catchup, verify, scale"
+                "unknown workload {s:?}: seq, c16, c64, c256 (any cN), failover, catchup, verify, scale, idle"
             )),
         }
     }
@@ -160,7 +164,10 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_bad_names_explain() {
-        for w in Workload::DEFAULT.iter().chain([&Workload::Scale]) {
+        for w in Workload::DEFAULT
+            .iter()
+            .chain([&Workload::Scale, &Workload::Idle])
+        {
             assert_eq!(w.name().parse::<Workload>().unwrap(), *w);
         }
         assert_eq!("c7".parse::<Workload>().unwrap(), Workload::InFlight(7));

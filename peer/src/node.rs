@@ -38,7 +38,7 @@ use crate::writer::{Command, Writer};
 
 /// Openraft sends at most this many entries in one append request; a request that would not
 /// fit in a frame is refused locally with a hint to send fewer (see `network`).
-pub const MAX_PAYLOAD_ENTRIES: u64 = 64;
+pub const MAX_PAYLOAD_ENTRIES: u64 = 512;
 /// How long joining may take before the peer gives up (exit 1).
 pub const JOIN_DEADLINE_MS: u64 = 120_000;
 /// How long the key manager may stay unreachable on a first start.

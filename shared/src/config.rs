@@ -171,9 +171,9 @@ impl Default for Config {
             },
             identity: IdentityConfig { key_bits: 2048 },
             raft: RaftConfig {
-                heartbeat_ms: 50,
-                election_timeout_min_ms: 150,
-                election_timeout_max_ms: 300,
+                heartbeat_ms: 25,
+                election_timeout_min_ms: 75,
+                election_timeout_max_ms: 125,
                 snapshot_every_entries: 10_000,
                 keep_log_entries: DEFAULT_KEEP_LOG_ENTRIES,
             },
@@ -350,7 +350,7 @@ mod tests {
         c.identity.key_bits = 1024;
         assert_eq!(field_of(c.validate().unwrap_err()), "identity.key_bits");
         let mut c = Config::default();
-        c.raft.election_timeout_min_ms = 40;
+        c.raft.election_timeout_min_ms = c.raft.heartbeat_ms;
         assert_eq!(
             field_of(c.validate().unwrap_err()),
             "raft.election_timeout_min_ms"

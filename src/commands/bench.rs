@@ -40,6 +40,7 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
         scale_members: args.scale_members,
         scale_rate: args.scale_rate,
         scale_duration: Duration::from_secs_f64(args.scale_duration),
+        idle: Duration::from_secs_f64(args.idle_secs),
         compare_etcd: args.compare_etcd,
         proxy: None,
     };

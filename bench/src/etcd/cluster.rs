@@ -40,6 +40,8 @@ pub struct EtcdMember {
     pub peer: SocketAddr,
     /// `None` while the member is stopped.
     pub pid: Option<u32>,
+    /// When its current process was started (catch-up is timed from here).
+    pub started: Option<std::time::Instant>,
 }
 
 /// Kills and reaps every etcd it started when dropped (also when a test panics), and
@@ -100,6 +102,7 @@ impl EtcdCluster {
                 client: loopback(pair[0]),
                 peer: loopback(pair[1]),
                 pid: None,
+                started: None,
             });
             cluster.children.push(None);
         }
@@ -207,6 +210,7 @@ impl EtcdCluster {
             client,
             peer,
             pid: None,
+            started: None,
         });
         self.children.push(None);
         self.spawn(i, "existing")?;
@@ -323,6 +327,7 @@ impl EtcdCluster {
             why: e.to_string(),
         })?;
         self.members[i].pid = Some(child.id());
+        self.members[i].started = Some(std::time::Instant::now());
         self.children[i] = Some(child);
         Ok(())
     }
