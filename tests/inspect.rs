@@ -171,3 +171,26 @@ fn verify_names_a_tampered_block() {
     let ok = inspect(&c, &["verify", "--data", "peers/p2"]);
     assert_eq!(ok.code(), Some(0), "{ok:?}");
 }
+
+/// A peer killed with SIGKILL leaves a file redb must repair; `verify` reads a repaired copy
+/// and leaves the original as it was.
+#[test]
+fn verify_reads_the_store_of_a_killed_peer_without_touching_it() {
+    let mut c = Cluster::with_peers(2);
+    write(&mut c, "p1", "before the crash", &["p1", "p2"]);
+    c.kill9("p2");
+    let file = c.path().join("peers/p2/raft/peer.redb");
+    let before = std::fs::read(&file).expect("p2's store");
+
+    let v = inspect(&c, &["verify", "--data", "peers/p2"]);
+    assert_eq!(v.code(), Some(0), "verify failed: {v:?}");
+    let ev = &v.json_lines()[0];
+    assert_eq!(ev["event"], "verified", "{ev}");
+    assert!(ev["count"].as_u64().unwrap() > 0, "{ev}");
+    assert!(v.stderr.contains("not closed cleanly"), "{}", v.stderr);
+    assert_eq!(
+        std::fs::read(&file).expect("p2's store"),
+        before,
+        "verify changed the killed peer's file"
+    );
+}

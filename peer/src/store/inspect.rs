@@ -7,13 +7,16 @@
 //! cannot be read or decoded is an `Err` item at its place, so the caller (a
 //! `ChainVerifier`) can name the first bad height itself.
 //!
-//! redb locks the file while a peer has it open; [`InspectError::Running`] says so.
+//! redb locks the file while a peer has it open; [`InspectError::Running`] says so. A file
+//! left by a peer that was killed needs redb's repair, which a read-only open cannot do: the
+//! file is then copied to a private temporary directory, the copy repaired and read, and the
+//! original left untouched.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use conclave_shared::chain::StoredBlock;
-use redb::{ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableError};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableError};
 use thiserror::Error;
 
 use super::error::{DbResult, StoreError};
@@ -36,7 +39,53 @@ pub enum InspectError {
 
 /// A peer's redb file, opened read-only; see the module docs.
 pub struct BlockFile {
-    db: ReadOnlyDatabase,
+    db: Db,
+}
+
+enum Db {
+    ReadOnly(ReadOnlyDatabase),
+    /// A repaired copy, deleted with its directory when dropped (after the database, which
+    /// is declared first and so dropped first).
+    Copy {
+        db: Database,
+        _dir: RepairDir,
+    },
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::ReadOnly(d) => d.begin_read(),
+            Db::Copy { db, .. } => db.begin_read(),
+        }
+    }
+}
+
+/// A private temporary directory, removed when dropped.
+struct RepairDir(PathBuf);
+
+impl Drop for RepairDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `path` into a fresh private directory and opens the copy, letting redb repair it.
+fn open_repaired_copy(path: &Path) -> Result<Db, String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("conclave-inspect-{}-{nanos}", std::process::id()));
+    let mut b = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(&dir)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let dir = RepairDir(dir);
+    let copy = dir.0.join(DB_FILE);
+    std::fs::copy(path, &copy).map_err(|e| format!("cannot copy it for repair: {e}"))?;
+    let db = Database::create(&copy).map_err(|e| format!("its repair failed: {e}"))?;
+    Ok(Db::Copy { db, _dir: dir })
 }
 
 impl BlockFile {
@@ -47,7 +96,18 @@ impl BlockFile {
             return Err(InspectError::Missing(path));
         }
         let db = match ReadOnlyDatabase::open(&path) {
-            Ok(db) => db,
+            Ok(db) => Db::ReadOnly(db),
+            // Left by a killed peer: read a repaired copy.
+            Err(redb::DatabaseError::RepairAborted) => {
+                tracing::info!(
+                    "{} was not closed cleanly; reading a repaired copy",
+                    path.display()
+                );
+                open_repaired_copy(&path).map_err(|why| InspectError::Open {
+                    path: path.clone(),
+                    why,
+                })?
+            }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 let dir = store_dir.parent().unwrap_or(store_dir);
                 return Err(InspectError::Running(dir.to_owned()));
