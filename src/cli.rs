@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Seconds the group is left alone in `idle` (elections are counted).
     #[arg(long, default_value_t = 600.0, value_name = "SECS")]
     pub idle_secs: f64,
+    /// A config file every peer of the bench reads (e.g. slower Raft timings for `scale`);
+    /// default: the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub peer_config: Option<PathBuf>,
     /// Also run every workload against a 3-member etcd on 127.0.0.1 (installed from Debian's
     /// packages if missing), alternating with Conclave, and print the ratios.
     #[arg(long)]

@@ -156,6 +156,9 @@ pub fn table(r: &Report) -> String {
         r.peers, r.record_bytes, r.machine
     );
     let _ = writeln!(out, "durability (Conclave): {}", r.conclave_durability);
+    if let Some(c) = &r.peer_config {
+        let _ = writeln!(out, "peers' config: {c} (not the built-in defaults)");
+    }
     if let Some(d) = &r.etcd_durability {
         let _ = writeln!(out, "durability (etcd): {d}");
     }

@@ -42,6 +42,9 @@ pub struct Options {
     pub scale_rate: f64,
     pub scale_duration: Duration,
     pub idle: Duration,
+    /// A config file every peer reads (`--config`), e.g. other Raft timings; `None`: the
+    /// built-in defaults.
+    pub peer_config: Option<PathBuf>,
     pub compare_etcd: bool,
     /// Attach to this group's proxy instead of starting one (only the writers are ours).
     pub proxy: Option<SocketAddr>,
@@ -81,6 +84,8 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub peers: usize,
+    /// The config every peer read, if not the built-in defaults.
+    pub peer_config: Option<String>,
     pub record_bytes: usize,
     pub conclave_durability: String,
     pub etcd_durability: Option<String>,
@@ -145,7 +150,15 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, Benc
                 "attaching to a running group (--proxy) is not built yet".into(),
             ))
         }
-        None => Group::start(&opts.bin, &opts.dir.join("conclave"), opts.peers, &[]).await?,
+        None => {
+            Group::start(
+                &opts.bin,
+                &opts.dir.join("conclave"),
+                opts.peers,
+                &peer_args(opts),
+            )
+            .await?
+        }
     };
     let mut etcd = if opts.compare_etcd {
         tokio::task::spawn_blocking(crate::etcd::ensure_installed)
@@ -174,6 +187,7 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, Benc
     }
     Ok(Report {
         peers: opts.peers,
+        peer_config: opts.peer_config.as_ref().map(|p| p.display().to_string()),
         record_bytes: crate::group::RECORD_BYTES,
         conclave_durability: CONCLAVE_DURABILITY.into(),
         etcd_durability: opts.compare_etcd.then(|| ETCD_DURABILITY.into()),
@@ -181,6 +195,13 @@ pub async fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Report, Benc
         started,
         rows,
     })
+}
+
+fn peer_args(opts: &Options) -> Vec<String> {
+    match &opts.peer_config {
+        Some(c) => vec!["--config".into(), c.display().to_string()],
+        None => Vec::new(),
+    }
 }
 
 fn humantime_now() -> String {
@@ -226,7 +247,7 @@ async fn run_conclave(g: &mut Group, w: Workload, opts: &Options) -> Measured {
             // A group of its own, so the newcomer replays exactly these records (and not the
             // other workloads' ones), as etcd's fresh cluster does.
             let dir = opts.dir.join("catchup");
-            let mut fresh = match Group::start(&g.bin, &dir, opts.peers, &[]).await {
+            let mut fresh = match Group::start(&g.bin, &dir, opts.peers, &peer_args(opts)).await {
                 Ok(f) => f,
                 Err(e) => {
                     return Measured {

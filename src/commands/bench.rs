@@ -41,6 +41,10 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<()> {
         scale_rate: args.scale_rate,
         scale_duration: Duration::from_secs_f64(args.scale_duration),
         idle: Duration::from_secs_f64(args.idle_secs),
+        peer_config: args
+            .peer_config
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         compare_etcd: args.compare_etcd,
         proxy: None,
     };
