@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use serde::Serialize;
 
 use crate::group::Group;
 use crate::stats::{ms, Latency, Spread};
-use crate::workload::Appender;
+use crate::workload::{kill_under_load, Appender};
 use crate::BenchError;
 
 /// How long one append may wait for its acknowledgement before it counts as an error.
@@ -63,78 +62,22 @@ pub async fn failover(g: &Group, runs: usize) -> Result<Failover, BenchError> {
                 "failover needs at least two members".into(),
             ));
         }
-        let stop = AtomicBool::new(false);
-        let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
-        let first_after: Mutex<Option<Instant>> = Mutex::new(None);
-        // One open-loop sender per writer: a new record every FAILOVER_LOAD_EVERY, each
-        // awaited on its own so a stalled one does not hold back the next.
-        let load = |w: usize| {
-            let stop = &stop;
-            let killed_at = &killed_at;
-            let first_after = &first_after;
-            async move {
-                let mut inflight = futures::stream::FuturesUnordered::new();
-                let mut next = Instant::now();
-                loop {
-                    let stopping = stop.load(Ordering::Relaxed);
-                    if stopping && inflight.is_empty() {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(next.into()), if !stopping => {
-                            next += FAILOVER_LOAD_EVERY;
-                            inflight.push(async move {
-                                let sent = Instant::now();
-                                let Ok(latency) = g.append(w, APPEND_DEADLINE).await else {
-                                    return;
-                                };
-                                let acked = sent + latency;
-                                let k = killed_at.lock().ok().and_then(|k| *k);
-                                if k.is_some_and(|k| sent >= k) {
-                                    if let Ok(mut f) = first_after.lock() {
-                                        if f.is_none_or(|f| acked < f) {
-                                            *f = Some(acked);
-                                        }
-                                    }
-                                }
-                            });
-                        }
-                        Some(()) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {}
-                        // Wake now and then to see `stop`.
-                        _ = tokio::time::sleep(Duration::from_millis(5)), if stopping => {}
-                    }
+        let gap = kill_under_load(
+            writers.len(),
+            FAILOVER_LOAD_EVERY,
+            Duration::from_millis(500),
+            APPEND_DEADLINE,
+            |i| {
+                let w = writers[i];
+                async move {
+                    let sent = Instant::now();
+                    g.append(w, APPEND_DEADLINE).await.ok().map(|l| sent + l)
                 }
-            }
-        };
-        let driver = async {
-            // Steady state first, then the kill.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let t = Instant::now();
-            if let Ok(mut k) = killed_at.lock() {
-                *k = Some(t);
-            }
-            g.kill9(leader).await;
-            let until = t + APPEND_DEADLINE;
-            loop {
-                if let Some(f) = first_after.lock().ok().and_then(|f| *f) {
-                    break Ok(f.saturating_duration_since(t));
-                }
-                if Instant::now() > until {
-                    break Err(BenchError::Deadline(
-                        "an acknowledged record after the leader's kill".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        let loads = futures::future::join_all(writers.iter().map(|&w| load(w)));
-        let (gap, _) = futures::future::join(
-            async {
-                let r = driver.await;
-                stop.store(true, Ordering::Relaxed);
-                r
             },
-            loads,
+            || async {
+                g.kill9(leader).await;
+                Ok(())
+            },
         )
         .await;
         let gap = gap?;

@@ -74,6 +74,17 @@ pub struct Measured {
     pub wall_seconds: f64,
 }
 
+impl Measured {
+    /// A figure with nothing measured (skipped, or failed before it started).
+    fn unmeasured(figure: Figure) -> Self {
+        Measured {
+            figure,
+            cpu_seconds: 0.0,
+            wall_seconds: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub workload: String,
@@ -250,13 +261,9 @@ async fn run_conclave(g: &mut Group, w: Workload, opts: &Options) -> Measured {
             let mut fresh = match Group::start(&g.bin, &dir, opts.peers, &peer_args(opts)).await {
                 Ok(f) => f,
                 Err(e) => {
-                    return Measured {
-                        figure: Figure::Failed {
-                            error: e.to_string(),
-                        },
-                        cpu_seconds: 0.0,
-                        wall_seconds: 0.0,
-                    }
+                    return Measured::unmeasured(Figure::Failed {
+                        error: e.to_string(),
+                    })
                 }
             };
             let pids = fresh.pids();
@@ -345,13 +352,9 @@ async fn run_etcd(c: &mut EtcdCluster, w: Workload, opts: &Options) -> Measured 
             let mut fresh = match fresh {
                 Ok(f) => f,
                 Err(e) => {
-                    return Measured {
-                        figure: Figure::Failed {
-                            error: e.to_string(),
-                        },
-                        cpu_seconds: 0.0,
-                        wall_seconds: 0.0,
-                    }
+                    return Measured::unmeasured(Figure::Failed {
+                        error: e.to_string(),
+                    })
                 }
             };
             let pids = fresh.pids();
@@ -365,14 +368,12 @@ async fn run_etcd(c: &mut EtcdCluster, w: Workload, opts: &Options) -> Measured 
             )
             .await
         }
-        Workload::Verify | Workload::Scale | Workload::Idle => Measured {
-            figure: Figure::Skipped {
+        Workload::Verify | Workload::Scale | Workload::Idle => {
+            Measured::unmeasured(Figure::Skipped {
                 why: "etcd has no such workload (no signed chain to verify; scale and idle are \
                       Conclave's own targets)"
                     .into(),
-            },
-            cpu_seconds: 0.0,
-            wall_seconds: 0.0,
-        },
+            })
+        }
     }
 }

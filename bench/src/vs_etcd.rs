@@ -5,8 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,7 +14,7 @@ use crate::etcd::{self, EtcdCluster};
 use crate::group::{record_text, RECORD_BYTES};
 use crate::http::HttpConn;
 use crate::stats::{ms, Spread};
-use crate::workload::Appender;
+use crate::workload::{kill_under_load, Appender};
 use crate::BenchError;
 
 /// How long one put may take before the connection is dropped and the put counts as failed.
@@ -112,79 +111,31 @@ pub async fn failover(c: &mut EtcdCluster, runs: usize) -> Result<EtcdFailover, 
             .filter(|(i, m)| *i != leader && m.pid.is_some())
             .map(|(_, m)| m.client)
             .collect();
-        let stop = AtomicBool::new(false);
-        let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
-        let first_after: Mutex<Option<Instant>> = Mutex::new(None);
-        let counter = AtomicUsize::new(0);
-        let load = |addr: SocketAddr| {
-            let (stop, killed_at, first_after, counter) =
-                (&stop, &killed_at, &first_after, &counter);
-            async move {
-                let mut inflight = futures::stream::FuturesUnordered::new();
-                let mut next = Instant::now();
-                loop {
-                    let stopping = stop.load(Ordering::Relaxed);
-                    if stopping && inflight.is_empty() {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(next.into()), if !stopping => {
-                            next += every;
-                            inflight.push(async move {
-                                let sent = Instant::now();
-                                let id = counter.fetch_add(1, Ordering::Relaxed);
-                                let put = async {
-                                    let mut h = HttpConn::connect(addr).await?;
-                                    let key = format!("failover/{id}");
-                                    etcd::put(&mut h, key.as_bytes(), record_text(id as u64).as_bytes()).await
-                                };
-                                if let Ok(Ok(_)) = tokio::time::timeout(PUT_DEADLINE, put).await {
-                                    let acked = Instant::now();
-                                    let k = killed_at.lock().ok().and_then(|k| *k);
-                                    if k.is_some_and(|k| sent >= k) {
-                                        if let Ok(mut f) = first_after.lock() {
-                                            if f.is_none_or(|f| acked < f) {
-                                                *f = Some(acked);
-                                            }
-                                        }
-                                    }
-                                }
-                            });
-                        }
-                        Some(()) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(5)), if stopping => {}
-                    }
-                }
-            }
-        };
         let name = c.members()[leader].name.clone();
-        let driver = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let t = Instant::now();
-            if let Ok(mut k) = killed_at.lock() {
-                *k = Some(t);
-            }
-            c.kill9(leader)?;
-            let until = t + Duration::from_secs(30);
-            loop {
-                if let Some(f) = first_after.lock().ok().and_then(|f| *f) {
-                    break Ok(f.saturating_duration_since(t));
+        let counter = AtomicUsize::new(0);
+        let counter = &counter;
+        let gap = kill_under_load(
+            targets.len(),
+            every,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            |i| {
+                let addr = targets[i];
+                async move {
+                    let id = counter.fetch_add(1, Ordering::Relaxed);
+                    // A connection of its own: a put stalled in the election holds no other.
+                    let put = async {
+                        let mut h = HttpConn::connect(addr).await?;
+                        let key = format!("failover/{id}");
+                        etcd::put(&mut h, key.as_bytes(), record_text(id as u64).as_bytes()).await
+                    };
+                    match tokio::time::timeout(PUT_DEADLINE, put).await {
+                        Ok(Ok(_)) => Some(Instant::now()),
+                        _ => None,
+                    }
                 }
-                if Instant::now() > until {
-                    break Err(BenchError::Deadline(
-                        "an acknowledged etcd put after the leader's kill".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        let (gap, _) = futures::future::join(
-            async {
-                let r = driver.await;
-                stop.store(true, Ordering::Relaxed);
-                r
             },
-            futures::future::join_all(targets.iter().map(|&a| load(a))),
+            || async { c.kill9(leader) },
         )
         .await;
         let gap = gap?;

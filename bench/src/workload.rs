@@ -157,10 +157,132 @@ pub async fn closed_loop(
     }
 }
 
+/// One kill under load, the method both systems share. `senders` open-loop senders each
+/// start `send(i)` every `every`, each on its own so a stalled append holds back nothing;
+/// `send` resolves to the time of its acknowledgement, or `None`. After `settle`, `kill`
+/// runs. Returns the time from the kill to the first acknowledgement of an append *sent*
+/// after it; the load stops then and what is still in flight is let finish.
+pub async fn kill_under_load<S, SF, K, KF>(
+    senders: usize,
+    every: Duration,
+    settle: Duration,
+    deadline: Duration,
+    send: S,
+    kill: K,
+) -> Result<Duration, BenchError>
+where
+    S: Fn(usize) -> SF,
+    SF: Future<Output = Option<Instant>>,
+    K: FnOnce() -> KF,
+    KF: Future<Output = Result<(), BenchError>>,
+{
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let killed_at: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let first_after: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let acked = tokio::sync::Notify::new();
+    let (stop, killed_at, first_after, acked, send) =
+        (&stop, &killed_at, &first_after, &acked, &send);
+    let load = |i: usize| async move {
+        use std::sync::atomic::Ordering;
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut next = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if stopping && inflight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()), if !stopping => {
+                    next += every;
+                    inflight.push(async move {
+                        let sent = Instant::now();
+                        let Some(at) = send(i).await else { return };
+                        let k = killed_at.lock().ok().and_then(|k| *k);
+                        if k.is_some_and(|k| sent >= k) {
+                            if let Ok(mut f) = first_after.lock() {
+                                if f.is_none_or(|f| at < f) {
+                                    *f = Some(at);
+                                }
+                            }
+                            acked.notify_one();
+                        }
+                    });
+                }
+                Some(()) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {}
+                // Wake now and then to see `stop`.
+                _ = tokio::time::sleep(Duration::from_millis(5)), if stopping => {}
+            }
+        }
+    };
+    let driver = async {
+        tokio::time::sleep(settle).await;
+        let t = Instant::now();
+        if let Ok(mut k) = killed_at.lock() {
+            *k = Some(t);
+        }
+        kill().await?;
+        let until = tokio::time::Instant::from_std(t + deadline);
+        loop {
+            if let Some(f) = first_after.lock().ok().and_then(|f| *f) {
+                return Ok(f.saturating_duration_since(t));
+            }
+            if tokio::time::timeout_at(until, acked.notified())
+                .await
+                .is_err()
+            {
+                return Err(BenchError::Deadline(
+                    "an acknowledged append after the leader's kill".into(),
+                ));
+            }
+        }
+    };
+    let (gap, _) = futures::future::join(
+        async {
+            let r = driver.await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
+        },
+        futures::future::join_all((0..senders).map(load)),
+    )
+    .await;
+    gap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn only_appends_sent_after_the_kill_count() {
+        let killed = std::sync::Mutex::new(None::<Instant>);
+        // Appends take 30 ms before the kill; after it, only those sent 40 ms later succeed.
+        let gap = kill_under_load(
+            2,
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            |_| async {
+                let sent = Instant::now();
+                let k = *killed.lock().unwrap();
+                match k {
+                    Some(k) if sent < k + Duration::from_millis(40) => None,
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Some(Instant::now())
+                    }
+                }
+            },
+            || async {
+                *killed.lock().unwrap() = Some(Instant::now());
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert!(gap >= Duration::from_millis(70), "{gap:?}");
+        assert!(gap < Duration::from_secs(2), "{gap:?}");
+    }
 
     #[test]
     fn names_round_trip_and_bad_names_explain() {
