@@ -363,6 +363,7 @@ async fn run_once(
             .rules()
             .map(|r| r.max_record_bytes as usize)
             .unwrap_or(0),
+        batch_key: None,
     };
     let writer_stop = stop.clone();
     let writing = writer.run(commands, writer_stop);

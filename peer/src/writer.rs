@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_shared::cert::VerifiedCert;
-use conclave_shared::chain::{Record, RecordBatch};
+use conclave_shared::chain::{BatchKey, Record, RecordBatch};
 use conclave_shared::codec::Canonical;
 use conclave_shared::identity::Identity;
 use conclave_shared::wire::peer::{FromPeer, ToPeer, WireRole};
@@ -78,6 +78,9 @@ pub struct Writer {
     pub status: StatusSource,
     pub events: mpsc::Sender<Event>,
     pub max_record_bytes: usize,
+    /// This process's batch key (see `conclave_shared::chain::BatchKey`): drawn and certified
+    /// with the member's RSA key for the first batch, held only in memory.
+    pub batch_key: Option<Arc<BatchKey>>,
 }
 
 /// A signed batch on its way, exactly as stored.
@@ -161,13 +164,29 @@ impl Writer {
             tokio::select! {
                 _ = shutdown.cancelled() => return WriterEnd::Stopped,
                 cmd = commands.recv(), if commands_open && !leaving => match cmd {
-                    Some(Command::Append(text)) => self.enqueue(text).await,
-                    Some(Command::Leave) => leaving = true,
-                    Some(Command::Query(q)) => {
-                        if query_tx.try_send(q).is_err() {
-                            self.error(format!("too many questions waiting; /{} not asked", q.name())).await;
+                    Some(Command::Append(text)) => {
+                        // Lines that queued up meanwhile are stored in one transaction.
+                        let mut texts = vec![text];
+                        let mut next = None;
+                        while texts.len() < MAX_BATCH_RECORDS {
+                            match commands.try_recv() {
+                                Ok(Command::Append(t)) => texts.push(t),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.enqueue(texts).await;
+                        match next {
+                            Some(Command::Leave) => leaving = true,
+                            Some(Command::Query(q)) => self.ask(&query_tx, q).await,
+                            Some(Command::Append(_)) | None => {}
                         }
                     }
+                    Some(Command::Leave) => leaving = true,
+                    Some(Command::Query(q)) => self.ask(&query_tx, q).await,
                     None => commands_open = false,
                 },
                 Some((out, result)) = done_rx.recv() => {
@@ -223,22 +242,39 @@ impl Writer {
         let _ = self.events.send(Event::Error { message }).await;
     }
 
-    async fn enqueue(&mut self, text: String) {
-        if text.len() > self.max_record_bytes {
-            let _ = self
-                .events
-                .send(Event::Refused {
-                    seq: 0,
-                    reason: format!(
-                        "a record may hold at most {} bytes; this one has {}",
-                        self.max_record_bytes,
-                        text.len()
-                    ),
-                })
-                .await;
+    async fn ask(&self, queries: &mpsc::Sender<Query>, q: Query) {
+        if queries.try_send(q).is_err() {
+            self.error(format!(
+                "too many questions waiting; /{} not asked",
+                q.name()
+            ))
+            .await;
+        }
+    }
+
+    async fn enqueue(&mut self, texts: Vec<String>) {
+        let mut fitting: Vec<&[u8]> = Vec::with_capacity(texts.len());
+        for text in &texts {
+            if text.len() > self.max_record_bytes {
+                let _ = self
+                    .events
+                    .send(Event::Refused {
+                        seq: 0,
+                        reason: format!(
+                            "a record may hold at most {} bytes; this one has {}",
+                            self.max_record_bytes,
+                            text.len()
+                        ),
+                    })
+                    .await;
+            } else {
+                fitting.push(text.as_bytes());
+            }
+        }
+        if fitting.is_empty() {
             return;
         }
-        if let Err(e) = self.outbox.enqueue(text.as_bytes()) {
+        if let Err(e) = self.outbox.enqueue_all(&fitting) {
             self.error(format!("could not store the record: {e}")).await;
         }
     }
@@ -261,19 +297,32 @@ impl Writer {
         let identity = self.identity.clone();
         let author = self.name.clone();
         let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+        let batch_key = self
+            .batch_key
+            .clone()
+            .filter(|k| *k.group_id() == group_id && k.author() == author);
         let signed = tokio::task::spawn_blocking(move || {
+            let bk = match batch_key {
+                Some(k) => k,
+                None => Arc::new(
+                    BatchKey::generate(&identity, &group_id, &author).map_err(|e| e.to_string())?,
+                ),
+            };
             let records = pending
                 .iter()
                 .map(|(seq, text)| Record::seal(&key, &author, *seq, epoch, text))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            RecordBatch::sign(&identity, &group_id, &author, records)
-                .map(|b| b.to_canonical())
+            RecordBatch::sign_with(&bk, records)
+                .map(|b| (b.to_canonical(), bk))
                 .map_err(|e| e.to_string())
         })
         .await;
         let bytes = match signed {
-            Ok(Ok(b)) => b,
+            Ok(Ok((b, key))) => {
+                self.batch_key = Some(key);
+                b
+            }
             Ok(Err(e)) => {
                 self.error(format!("could not seal and sign records: {e}"))
                     .await;
@@ -284,7 +333,7 @@ impl Writer {
                 return None;
             }
         };
-        if let Err(e) = self.outbox.set_inflight(&bytes, &seqs) {
+        if let Err(e) = self.outbox.store_inflight(&bytes, &seqs).await {
             self.error(format!("could not store the batch: {e}")).await;
             return None;
         }

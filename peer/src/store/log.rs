@@ -1,8 +1,16 @@
 //! The Raft log and the vote: openraft's `RaftLogStorage` over redb.
 //!
-//! Every write is one redb write transaction with immediate durability (redb's default):
-//! an append batch is one fsync, and openraft hears that it is flushed only after the
-//! commit. Work runs on the blocking pool so that an fsync never holds up the runtime.
+//! An append is committed at once without an fsync (`Durability::None`), so openraft can read
+//! the entries and start replicating them while they are made durable; the store's syncer
+//! (`sync.rs`) then makes them durable with one `Durability::Immediate` commit (redb persists
+//! every earlier non-durable commit with it) and only then tells openraft they are flushed.
+//! Appends (and outbox batches) that arrive while an fsync runs share the next one. Before this, the leader's
+//! fsync had to finish before replication began, so a write waited for two fsyncs in a row
+//! (the leader's, then the followers'), not two at once.
+//!
+//! A crash loses only appends that were never reported flushed, which Raft allows. Votes,
+//! truncations and purges are committed durably before they return. Work runs on the
+//! blocking pool (or the syncer's thread) so that an fsync never holds up the runtime.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -16,6 +24,7 @@ use super::blocking;
 use super::disk::{decode, encode, get_meta, MAX_ENTRY_BYTES};
 use super::error::{DbResult, StoreError};
 use super::schema::{COMMITTED, LAST_PURGED, RAFT_LOG, RAFT_META, VOTE};
+use super::sync::Syncer;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The most entries one bounded read returns (`limited_get_log_entries`).
@@ -27,11 +36,12 @@ pub const MAX_LOG_READ_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    syncer: Syncer,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Database>, syncer: Syncer) -> Self {
+        Self { db, syncer }
     }
 }
 
@@ -129,8 +139,10 @@ fn read_meta<T: serde::de::DeserializeOwned>(
     get_meta(&meta, key)
 }
 
+/// Commits `entries` without an fsync; the syncer makes them durable.
 fn append_entries(db: &Database, entries: &[Entry]) -> Result<(), StoreError> {
-    let tx = db.begin_write().db()?;
+    let mut tx = db.begin_write().db()?;
+    tx.set_durability(Durability::None).db()?;
     {
         let mut log = tx.open_table(RAFT_LOG).db()?;
         for entry in entries {
@@ -270,8 +282,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         match blocking(move || append_entries(&db, &entries)).await {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
+                // Readable now; reported flushed once the syncer's fsync is done.
+                self.syncer.raft(callback).map_err(write_err)
             }
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));

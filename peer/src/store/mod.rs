@@ -21,6 +21,7 @@
 //!   building, checking and installing. `spool`: snapshot files ([`SnapshotFile`], openraft's
 //!   snapshot data). `inbox`: [`SnapshotInbox`], receiving and verifying another member's.
 //! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
+//! - `sync`: group commit: one fsync for everyone waiting (Raft log appends, outbox).
 //! - `error`: [`StoreError`].
 //! - [`inspect`]: a stopped peer's blocks, read-only and unverified, for `conclave verify`
 //!   and `conclave chain`.
@@ -38,6 +39,7 @@ mod schema;
 mod snapshot;
 mod spool;
 mod state_machine;
+mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -86,11 +88,12 @@ impl Store {
         let root = Arc::new(root);
         let (view_tx, view_rx) = watch::channel(ChainView::of(&state));
         let inbox = SnapshotInbox::new(spool.clone(), root.clone());
+        let syncer = sync::Syncer::new(&db);
         Ok(Store {
-            log: LogStore::new(db.clone()),
+            log: LogStore::new(db.clone(), syncer.clone()),
             state_machine: StateMachineStore::new(db.clone(), root.clone(), state, spool, view_tx),
             chain: ChainReader::new(db.clone(), root, view_rx, inbox),
-            outbox: Outbox::new(db),
+            outbox: Outbox::new(db, syncer),
         })
     }
 

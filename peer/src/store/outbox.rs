@@ -9,8 +9,9 @@
 //! dedup index recognises a retry. At most one batch is in flight.
 //!
 //! Every call is one short redb transaction. Only the in-flight batch must be durable before
-//! it is sent (so a retry after a crash is the same bytes); enqueueing and completing are
-//! committed without fsync: a crash can lose a line nobody was told is committed (the
+//! it is sent (so a retry after a crash is the same bytes): it is committed without an fsync
+//! and then made durable by the store's syncer, sharing the fsync with Raft log appends that
+//! wait at the same time. Enqueueing and completing are committed without fsync: a crash can lose a line nobody was told is committed (the
 //! durable commit that stores its batch makes it durable first), or forget a completion (the
 //! batch is then resent and answered as a duplicate). The writer task owns the outbox, so
 //! there is never a second caller racing for a `seq`.
@@ -23,6 +24,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransacti
 
 use super::error::{DbResult, StoreError};
 use super::schema::{INFLIGHT_BATCH, META, OUTBOX, OUTBOX_INFLIGHT, OUTBOX_NEXT_SEQ};
+use super::sync::Syncer;
 
 /// A signed batch's canonical bytes and the seqs of the records it carries.
 pub type InflightBatch = (Vec<u8>, Vec<u64>);
@@ -31,6 +33,7 @@ pub type InflightBatch = (Vec<u8>, Vec<u64>);
 #[derive(Clone)]
 pub struct Outbox {
     db: Arc<Database>,
+    syncer: Syncer,
 }
 
 fn read_counter<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<u64, StoreError> {
@@ -85,8 +88,8 @@ pub(crate) fn reconcile_counter(tx: &WriteTransaction) -> Result<(), StoreError>
 }
 
 impl Outbox {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Database>, syncer: Syncer) -> Self {
+        Self { db, syncer }
     }
 
     /// Makes every earlier commit to this database durable (those of the outbox and of the
@@ -107,19 +110,38 @@ impl Outbox {
     /// Stores `plaintext` as the next record and returns its `seq`; durable with the next
     /// durable commit (at the latest when its batch is stored, before it is sent).
     pub fn enqueue(&self, plaintext: &[u8]) -> Result<u64, StoreError> {
-        if plaintext.len() > MAX_RECORD_PLAINTEXT_BYTES {
+        let seqs = self.enqueue_all(&[plaintext])?;
+        seqs.first()
+            .copied()
+            .ok_or_else(|| StoreError::Task("no seq for an enqueued record".into()))
+    }
+
+    /// [`Outbox::enqueue`] for several records in one transaction, in order: all or none.
+    pub fn enqueue_all(&self, plaintexts: &[&[u8]]) -> Result<Vec<u64>, StoreError> {
+        if let Some(p) = plaintexts
+            .iter()
+            .find(|p| p.len() > MAX_RECORD_PLAINTEXT_BYTES)
+        {
             return Err(StoreError::RecordTooLarge {
-                len: plaintext.len(),
+                len: p.len(),
                 max: MAX_RECORD_PLAINTEXT_BYTES,
             });
         }
         let mut tx = self.db.begin_write().db()?;
         tx.set_durability(Durability::None).db()?;
-        let seq = counter(&tx)?;
-        tx.open_table(OUTBOX).db()?.insert(seq, plaintext).db()?;
-        set_counter(&tx, next_after(seq)?)?;
+        let mut seq = counter(&tx)?;
+        let mut seqs = Vec::with_capacity(plaintexts.len());
+        {
+            let mut table = tx.open_table(OUTBOX).db()?;
+            for p in plaintexts {
+                table.insert(seq, *p).db()?;
+                seqs.push(seq);
+                seq = next_after(seq)?;
+            }
+        }
+        set_counter(&tx, seq)?;
         tx.commit().db()?;
-        Ok(seq)
+        Ok(seqs)
     }
 
     /// Records not in flight, oldest first: at most `max_records`, and at most `max_bytes`
@@ -154,10 +176,22 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Stores the signed batch that carries the oldest pending records `seqs`, before it is
-    /// sent. Refused while another batch is in flight, or if the batch is not exactly those
-    /// records in order.
+    /// Stores the signed batch that carries the oldest pending records `seqs`, durably,
+    /// before it is sent. Refused while another batch is in flight, or if the batch is not
+    /// exactly those records in order. Blocking; the writer uses [`Outbox::store_inflight`].
     pub fn set_inflight(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
+        self.set_inflight_lazily(batch, seqs)?;
+        super::sync::durable_commit(&self.db)
+    }
+
+    /// [`Outbox::set_inflight`] without blocking on the fsync: the commit skips it, and the
+    /// store's syncer makes it durable, together with whatever else waits for it then.
+    pub async fn store_inflight(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
+        self.set_inflight_lazily(batch, seqs)?;
+        self.syncer.sync().await
+    }
+
+    fn set_inflight_lazily(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
         let decoded = RecordBatch::from_canonical(batch)
             .map_err(|e| StoreError::BatchMismatch(format!("it does not decode: {e}")))?;
         let in_batch: Vec<u64> = decoded.records.iter().map(|r| r.seq).collect();
@@ -166,7 +200,8 @@ impl Outbox {
                 "it holds seqs {in_batch:?}, not {seqs:?}"
             )));
         }
-        let tx = self.db.begin_write().db()?;
+        let mut tx = self.db.begin_write().db()?;
+        tx.set_durability(Durability::None).db()?;
         {
             let mut inflight = tx.open_table(OUTBOX_INFLIGHT).db()?;
             if inflight.get(INFLIGHT_BATCH).db()?.is_some() {

@@ -21,6 +21,7 @@
 //!   benchmarks and tools.
 //! - [`FailureReason`], [`ChainFailure`], [`ChainError`]: what went wrong, and where.
 
+mod batch_key;
 mod block;
 mod body;
 mod builder;
@@ -44,6 +45,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use batch_key::{
+    delegation_signing_bytes, BatchKey, Delegation, BATCH_KEY_BYTES, BATCH_KEY_DOMAIN,
+    BATCH_SIG_BYTES,
+};
 pub use block::{Block, StoredBlock};
 pub use body::BlockBody;
 pub use builder::{relink, ChainBuilder};
@@ -55,7 +60,9 @@ pub use header::{BlockHeader, BlockKind, HEADER_BYTES};
 pub use key_rotation::{HistoryKey, KeyRotation, WrappedKey, MAX_HISTORY_KEYS};
 pub use leader::{leader_signing_bytes, sign_as_leader, LEADER_DOMAIN};
 pub use membership::{MemberRole, Membership, MembershipChange};
-pub use records::{record_aad, Record, RecordBatch, RECORDS_DOMAIN};
+pub use records::{
+    record_aad, BatchSignature, Record, RecordBatch, MAX_BATCH_SIGNATURE_BYTES, RECORDS_DOMAIN,
+};
 pub use refused::Refused;
 pub use revocation::RevocationNotice;
 pub use state::{ChainState, Member};

@@ -35,11 +35,29 @@ fn record() -> impl Strategy<Value = Record> {
             ciphertext,
         })
 }
+fn batch_signature() -> impl Strategy<Value = BatchSignature> {
+    prop_oneof![
+        blob(40).prop_map(BatchSignature::Author),
+        (any::<[u8; 32]>(), blob(40), vec(any::<u8>(), 64..=64)).prop_map(|(key, sig, ed)| {
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&ed);
+            BatchSignature::Delegated {
+                delegation: Delegation {
+                    key,
+                    signature: sig,
+                },
+                signature,
+            }
+        }),
+    ]
+}
 fn batch() -> impl Strategy<Value = RecordBatch> {
-    (name(), vec(record(), 1..4), blob(40)).prop_map(|(author, records, signature)| RecordBatch {
-        author,
-        records,
-        signature,
+    (name(), vec(record(), 1..4), batch_signature()).prop_map(|(author, records, signature)| {
+        RecordBatch {
+            author,
+            records,
+            signature,
+        }
     })
 }
 fn rules() -> impl Strategy<Value = Rules> {

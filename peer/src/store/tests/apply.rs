@@ -1,7 +1,7 @@
 //! Entries become blocks: valid ones as the builder made them, bad ones as refusals.
 
 use conclave_shared::chain::{
-    BlockBody, BlockKind, ChainBuilder, Genesis, Refused, GROUP_ID_BYTES,
+    BatchSignature, BlockBody, BlockKind, ChainBuilder, Genesis, Refused, GROUP_ID_BYTES,
 };
 use openraft::storage::RaftStateMachine;
 use tempfile::TempDir;
@@ -81,8 +81,13 @@ async fn a_repeated_batch_is_a_duplicate_and_writes_nothing() {
 fn bad_entries(b: &ChainBuilder<'_>, first: u64) -> (Vec<Entry>, Vec<Vec<u8>>) {
     let records = BlockKind::Records.tag();
     let mut forged = b.batch("alice", [b"a4".as_slice()]).unwrap();
-    let last = forged.signature.len() - 1;
-    forged.signature[last] ^= 1;
+    match &mut forged.signature {
+        BatchSignature::Author(sig) => {
+            let last = sig.len() - 1;
+            sig[last] ^= 1;
+        }
+        BatchSignature::Delegated { signature, .. } => signature[0] ^= 1,
+    }
     let genesis = BlockBody::Genesis(Genesis {
         group_id: [1; GROUP_ID_BYTES],
         root_fingerprint: ids().root.fingerprint(),
