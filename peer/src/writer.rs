@@ -116,7 +116,7 @@ impl Writer {
                 None
             }
         };
-        let (done_tx, mut done_rx) = mpsc::channel::<(Outgoing, Result<FromPeer, String>)>(1);
+        let (done_tx, mut done_rx) = mpsc::channel::<(Outgoing, Result<FromPeer, Undelivered>)>(1);
         let (send_tx, send_rx) = mpsc::channel::<Outgoing>(1);
         let Some(peers) = self.peers.take() else {
             return WriterEnd::Stopped;
@@ -191,6 +191,8 @@ impl Writer {
                 },
                 Some((out, result)) = done_rx.recv() => {
                     sending = false;
+                    // A new leader is known: no reason to wait before resending to it.
+                    let at_once = matches!(result, Err(Undelivered::LeaderChanged));
                     let retry = match out {
                         Outgoing::Batch(batch) => {
                             inflight = self.settle(batch, result).await;
@@ -221,7 +223,7 @@ impl Writer {
                             }
                         },
                     };
-                    if retry {
+                    if retry && !at_once {
                         tokio::select! {
                             _ = shutdown.cancelled() => return WriterEnd::Stopped,
                             _ = tokio::time::sleep(Duration::from_millis(RESEND_BACKOFF_MS)) => {}
@@ -345,7 +347,7 @@ impl Writer {
     async fn settle(
         &mut self,
         batch: InFlight,
-        result: Result<FromPeer, String>,
+        result: Result<FromPeer, Undelivered>,
     ) -> Option<InFlight> {
         match result {
             Ok(FromPeer::Committed { height, duplicate }) => {
@@ -414,6 +416,23 @@ impl Writer {
     }
 }
 
+/// Why a submission got no answer.
+#[derive(Debug)]
+enum Undelivered {
+    /// The leader changed while we waited: resend to the new one at once.
+    LeaderChanged,
+    Failed(String),
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undelivered::LeaderChanged => f.write_str("the leader changed"),
+            Undelivered::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What the submitting task delivers to the leader.
 enum Outgoing {
     Batch(InFlight),
@@ -433,7 +452,7 @@ impl Submitter {
     async fn run(
         mut self,
         mut batches: mpsc::Receiver<Outgoing>,
-        done: mpsc::Sender<(Outgoing, Result<FromPeer, String>)>,
+        done: mpsc::Sender<(Outgoing, Result<FromPeer, Undelivered>)>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -451,7 +470,7 @@ impl Submitter {
         }
     }
 
-    async fn send(&mut self, out: &Outgoing) -> Result<FromPeer, String> {
+    async fn send(&mut self, out: &Outgoing) -> Result<FromPeer, Undelivered> {
         // During an election there is no leader for a moment: wait for one rather than
         // failing and sleeping a fixed backoff.
         let elected = self
@@ -460,7 +479,7 @@ impl Submitter {
             .metrics(|m| m.current_leader.is_some(), "a leader is known")
             .await;
         if elected.is_err() {
-            return Err("no leader known".into());
+            return Err(Undelivered::Failed("no leader known".into()));
         }
         if self.status.is_leader() {
             return Ok(match out {
@@ -483,7 +502,7 @@ impl Submitter {
             let node = id.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
             (id, node)
         };
-        let leader = leader.ok_or_else(|| "no leader known".to_string())?;
+        let leader = leader.ok_or_else(|| Undelivered::Failed("no leader known".to_string()))?;
         let submit = match out {
             Outgoing::Batch(b) => ToPeer::Submit {
                 batch: b.bytes.clone(),
@@ -509,8 +528,8 @@ impl Submitter {
             }
         };
         tokio::select! {
-            r = request => r,
-            _ = leader_changed => Err("the leader changed".into()),
+            r = request => r.map_err(Undelivered::Failed),
+            _ = leader_changed => Err(Undelivered::LeaderChanged),
         }
     }
 }
