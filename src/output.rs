@@ -54,6 +54,14 @@ pub fn format_event(
     }
 }
 
+/// Writes `text` (whole lines, newlines included) to stdout in one go and flushes it.
+pub fn write_raw(text: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (e.g. `| head`) must not kill a server.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
 /// Writes one line to stdout and flushes it.
 pub fn write_line(line: &str) {
     let mut out = std::io::stdout().lock();

@@ -154,12 +154,13 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn write(&mut self, line: &str) {
+    /// Writes `block`, whole lines each ending in a newline, at once.
+    pub fn write_block(&mut self, block: &str) {
         match self {
-            Sink::Stdout => crate::output::write_line(line),
+            Sink::Stdout => crate::output::write_raw(block),
             Sink::Editor(p) => {
-                if p.print(format!("{line}\n")).is_err() {
-                    crate::output::write_line(line);
+                if p.print(block.to_owned()).is_err() {
+                    crate::output::write_raw(block);
                 }
             }
         }

@@ -136,9 +136,23 @@ pub async fn run(args: PeerArgs, json: bool, config: Config) -> anyhow::Result<(
         }
     };
     let printer = tokio::spawn(async move {
-        while let Some(e) = ev_rx.recv().await {
-            if let Some(line) = print::render(json, &e) {
-                sink.write(&line);
+        while let Some(first) = ev_rx.recv().await {
+            // Events that queued up meanwhile go out in one write: under load a member prints
+            // thousands of lines a second, and a write (and a reader's wake-up) per line cost
+            // more CPU than making them.
+            let mut block = String::new();
+            let mut next = Some(first);
+            while let Some(e) = next.take() {
+                if let Some(line) = print::render(json, &e) {
+                    block.push_str(&line);
+                    block.push('\n');
+                }
+                if block.len() < PRINT_BLOCK_BYTES {
+                    next = ev_rx.try_recv().ok();
+                }
+            }
+            if !block.is_empty() {
+                sink.write_block(&block);
             }
         }
     });
@@ -149,6 +163,9 @@ pub async fn run(args: PeerArgs, json: bool, config: Config) -> anyhow::Result<(
     result?;
     Ok(())
 }
+
+/// About how much output the printer gathers into one write.
+const PRINT_BLOCK_BYTES: usize = 64 * 1024;
 
 fn usage(msg: &str) -> anyhow::Error {
     eprintln!("conclave: {msg}");
