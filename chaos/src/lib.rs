@@ -17,6 +17,7 @@
 pub mod checker;
 pub mod history;
 pub mod model;
+pub mod net;
 pub mod store;
 
 #[cfg(test)]
