@@ -15,10 +15,14 @@
 //! - [`checker`]: one file a check, [`check_all`], [`Report`], [`Violation`], [`Counts`].
 
 pub mod checker;
+pub mod group;
 pub mod history;
 pub mod model;
 pub mod net;
+pub mod runner;
+pub mod schedule;
 pub mod store;
+pub mod writer;
 
 #[cfg(test)]
 mod testkit;
