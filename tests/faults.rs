@@ -99,7 +99,8 @@ async fn a_minority_partition_cannot_commit_and_a_majority_can() {
         .map(|p| g.peer(p).unwrap().events.len())
         .collect();
     for p in &minority {
-        g.send_line(p, &format!("from {p} in the minority")).unwrap();
+        g.send_line(p, &format!("from {p} in the minority"))
+            .unwrap();
     }
     let (new, _) = new_leader(&g, &majority, &old, term).await;
     assert!(majority.contains(&new), "{new} leads the majority side");
@@ -246,7 +247,11 @@ async fn the_proxy_sends_a_newcomer_to_the_new_leader_after_a_partition_heals() 
         .await
         .unwrap();
     let (now, _) = leader(&g);
-    assert_ne!(joined["leader"], old.as_str(), "sent to the deposed leader: {joined}");
+    assert_ne!(
+        joined["leader"],
+        old.as_str(),
+        "sent to the deposed leader: {joined}"
+    );
     assert_eq!(joined["leader"], now.as_str(), "{joined}");
     commit(&g, "p6", "the newcomer writes").await;
 }

@@ -83,7 +83,10 @@ impl SeedReport {
 
 /// Runs one seed to its report. `cancel` (Ctrl-C) stops it early with
 /// [`RunError::Interrupted`]; every process is killed either way.
-pub async fn run_seed(opts: &RunOptions, cancel: &CancellationToken) -> Result<SeedReport, RunError> {
+pub async fn run_seed(
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> Result<SeedReport, RunError> {
     let io = |path: &PathBuf, e: std::io::Error| RunError::Io {
         path: path.clone(),
         why: e.to_string(),

@@ -206,7 +206,10 @@ mod tests {
         let d = Duration::from_secs(30);
         let a = Schedule::generate(42, d, &peers());
         assert_eq!(a, Schedule::generate(42, d, &peers()));
-        assert_eq!(a.to_string(), Schedule::generate(42, d, &peers()).to_string());
+        assert_eq!(
+            a.to_string(),
+            Schedule::generate(42, d, &peers()).to_string()
+        );
         assert_ne!(a, Schedule::generate(43, d, &peers()));
     }
 

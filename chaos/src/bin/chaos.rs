@@ -79,7 +79,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let base = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            let t = tempfile::Builder::new().prefix("conclave-chaos-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("conclave-chaos-")
+                .tempdir()?;
             let path = t.path().to_owned();
             tmp = Some(t);
             path

@@ -293,7 +293,13 @@ impl Group {
             p.paused = false;
         }
         let ev = self
-            .wait_event(name, mark, "listening", |v| v["role"] == "peer", START_DEADLINE)
+            .wait_event(
+                name,
+                mark,
+                "listening",
+                |v| v["role"] == "peer",
+                START_DEADLINE,
+            )
             .await?;
         let bound = ev["addr"]
             .as_str()
@@ -465,11 +471,7 @@ impl Group {
     /// Starts a writer on peer `name`: it appends one line at a time while it runs and
     /// records everything in `history/NAME.jsonl`.
     pub fn start_writer(&mut self, name: &str, pace: Duration) -> Result<(), GroupError> {
-        let path = self
-            .opts
-            .dir
-            .join("history")
-            .join(format!("{name}.jsonl"));
+        let path = self.opts.dir.join("history").join(format!("{name}.jsonl"));
         let writer = Writer::start(name, path, pace)?;
         let p = self.peer_mut(name)?;
         *p.appends.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer.tx.clone());

@@ -53,7 +53,10 @@ impl EventLog {
     /// The events from index `from` on.
     pub fn since(&self, from: usize) -> Vec<Value> {
         let events = self.lock();
-        events.get(from..).map(<[Value]>::to_vec).unwrap_or_default()
+        events
+            .get(from..)
+            .map(<[Value]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// The last event named `name` for which `pred` holds.
@@ -150,7 +153,9 @@ impl Process {
                 match limited.read_until(b'\n', &mut line).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) if line.len() > MAX_EVENT_LINE_BYTES => {
-                        debug!("a stdout line longer than {MAX_EVENT_LINE_BYTES} bytes; reader stops");
+                        debug!(
+                            "a stdout line longer than {MAX_EVENT_LINE_BYTES} bytes; reader stops"
+                        );
                         break;
                     }
                     Ok(_) => {}

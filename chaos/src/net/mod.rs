@@ -139,8 +139,7 @@ impl Network {
             seed: self.seed ^ rank.wrapping_mul(0xd1b5_4a32_d192_ed03),
             cancel: self.cancel.child_token(),
         }));
-        self.relays
-            .insert(name.to_owned(), Relay { addr, target });
+        self.relays.insert(name.to_owned(), Relay { addr, target });
         Ok(addr)
     }
 

@@ -50,7 +50,11 @@ async fn datagrams_and_replies_pass_through_the_relay_unchanged() {
     p.a.send_to(b"hello", p.relay_b).await.unwrap();
     let (got, back) = recv(&p.b).await;
     assert_eq!(got, b"hello");
-    assert_ne!(back, p.a.local_addr().unwrap(), "b sees the relay's back socket");
+    assert_ne!(
+        back,
+        p.a.local_addr().unwrap(),
+        "b sees the relay's back socket"
+    );
     p.b.send_to(b"hi", back).await.unwrap();
     let (got, from) = recv(&p.a).await;
     assert_eq!(got, b"hi");
@@ -140,8 +144,15 @@ async fn jitter_reorders_but_loses_nothing() {
     }
     let mut sorted = got.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "each datagram exactly once");
-    assert_ne!(got, sorted, "200 datagrams with 40 ms of jitter kept their order");
+    assert_eq!(
+        sorted,
+        (0..n).collect::<Vec<_>>(),
+        "each datagram exactly once"
+    );
+    assert_ne!(
+        got, sorted,
+        "200 datagrams with 40 ms of jitter kept their order"
+    );
 }
 
 #[tokio::test]
