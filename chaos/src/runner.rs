@@ -50,6 +50,8 @@ pub enum RunError {
     History(#[from] HistoryError),
     #[error("a chain does not read: {0}")]
     Chain(#[from] ReadChainError),
+    #[error("{fault}: {source}")]
+    Fault { fault: String, source: GroupError },
     #[error("interrupted")]
     Interrupted,
 }
@@ -119,12 +121,22 @@ pub async fn run_seed(
         if !sleep_until(t0 + e.start, cancel).await {
             return Err(RunError::Interrupted);
         }
-        let undo = apply(&mut group, &e.fault).await?;
+        let undo = apply(&mut group, &e.fault)
+            .await
+            .map_err(|source| RunError::Fault {
+                fault: e.fault.to_string(),
+                source,
+            })?;
         *faults.entry(e.fault.kind().to_owned()).or_insert(0) += 1;
         if !sleep_until(t0 + e.start + e.hold, cancel).await {
             return Err(RunError::Interrupted);
         }
-        undo_fault(&mut group, undo).await?;
+        undo_fault(&mut group, undo)
+            .await
+            .map_err(|source| RunError::Fault {
+                fault: format!("undoing {}", e.fault),
+                source,
+            })?;
     }
     heal_everything(&mut group).await?;
     if !sleep_until(Instant::now() + AFTER_HEAL, cancel).await {
@@ -186,7 +198,7 @@ fn resolve(group: &Group, who: &Who) -> String {
     }
 }
 
-async fn apply(group: &mut Group, fault: &Fault) -> Result<Undo, RunError> {
+async fn apply(group: &mut Group, fault: &Fault) -> Result<Undo, GroupError> {
     info!(%fault, "fault");
     Ok(match fault {
         Fault::Kill(who) => {
@@ -231,7 +243,7 @@ async fn apply(group: &mut Group, fault: &Fault) -> Result<Undo, RunError> {
     })
 }
 
-async fn undo_fault(group: &mut Group, undo: Undo) -> Result<(), RunError> {
+async fn undo_fault(group: &mut Group, undo: Undo) -> Result<(), GroupError> {
     match undo {
         Undo::Restart(names) => {
             for n in names {

@@ -197,7 +197,7 @@ impl Group {
             .ok_or_else(|| GroupError::NoPeer(name.to_owned()))
     }
 
-    /// The stderr log of `name`.
+    /// The stderr log of `name`; its stdout events are beside it, in `NAME.events.jsonl`.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.opts.dir.join("logs").join(format!("{name}.log"))
     }
@@ -366,7 +366,11 @@ impl Group {
                     continue;
                 };
                 let key = if ev == "leader" { "name" } else { "leader" };
-                let (Some(n), Some(t)) = (v[key].as_str(), v["term"].as_u64()) else {
+                // A restarted peer's `joined` names no leader ("") until it hears from one.
+                let (Some(n), Some(t)) = (
+                    v[key].as_str().filter(|n| !n.is_empty()),
+                    v["term"].as_u64(),
+                ) else {
                     continue;
                 };
                 if best.as_ref().is_none_or(|(_, bt)| t > *bt) {
@@ -380,7 +384,7 @@ impl Group {
     /// The leader peer `name` last named, with its term.
     pub fn leader_seen_by(&self, name: &str) -> Option<(String, u64)> {
         let p = self.peers.get(name)?;
-        let v = p.events.last("leader", |_| true)?;
+        let v = p.events.last("leader", |v| v["name"] != "")?;
         Some((v["name"].as_str()?.to_owned(), v["term"].as_u64()?))
     }
 

@@ -1,8 +1,10 @@
 //! One `conclave --json` child process: its standard input as a channel of lines, its
-//! standard output as an [`EventLog`], its standard error appended to a log file. Killed
+//! standard output as an [`EventLog`] (and appended to `NAME.events.jsonl` beside the log),
+//! its standard error appended to a log file (`NAME.log`). Killed
 //! (SIGKILL) when dropped, even while stopped by SIGSTOP.
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -130,6 +132,13 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
+        // Every event is also kept on disk beside the log, for the post-mortem of a run.
+        let events_path = log.with_extension("events.jsonl");
+        let mut events_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&events_path)
+            .map_err(|e| io(&events_path.display().to_string(), e))?;
         let mut child = cmd.spawn().map_err(|e| io("conclave", e))?;
         let pid = child
             .id()
@@ -160,6 +169,8 @@ impl Process {
                     }
                     Ok(_) => {}
                 }
+                // A short blocking write to a local file; losing it loses only the copy.
+                let _ = events_file.write_all(&line);
                 let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
