@@ -272,3 +272,114 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{History, Outcome};
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn line(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a line within the deadline")
+            .expect("stdin open")
+    }
+
+    fn committed(seq: u64, height: u64) -> WriterMsg {
+        WriterMsg::Event(
+            json!({"event": "committed", "seq": seq, "height": height, "duplicate": false}),
+        )
+    }
+
+    fn outbox(next_seq: u64, held: &[u64]) -> OutboxState {
+        OutboxState {
+            next_seq,
+            held: held.iter().copied().collect::<BTreeSet<_>>(),
+        }
+    }
+
+    /// The seqs the writer started, in order, and each append's outcome by kind.
+    fn appends(path: &std::path::Path) -> Vec<(u64, &'static str)> {
+        History::load_file(path)
+            .unwrap()
+            .appends
+            .iter()
+            .map(|a| {
+                let kind = match a.outcome {
+                    Outcome::Acknowledged { .. } => "acked",
+                    Outcome::Refused { .. } => "refused",
+                    Outcome::Indeterminate { .. } => "indeterminate",
+                };
+                (a.record.seq, kind)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_writer_follows_the_peers_numbering_through_answers_refusals_and_kills() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p1.jsonl");
+        let w = Writer::start("p1", path.clone(), Duration::ZERO).unwrap();
+        let (stdin, mut rx) = mpsc::unbounded_channel();
+        w.send(WriterMsg::Attach(stdin));
+        assert_eq!(line(&mut rx).await, "p1 line 1");
+        w.send(committed(1, 5));
+        line(&mut rx).await; // seq 2
+        w.send(WriterMsg::Event(
+            json!({"event": "refused", "seq": 2, "reason": "no"}),
+        ));
+        line(&mut rx).await; // seq 2 again: the refused number is given back
+        w.send(committed(2, 6));
+        line(&mut rx).await; // seq 3
+
+        // Killed with seq 3 in the outbox: the next life answers it; no new line before.
+        w.send(WriterMsg::Detach(outbox(4, &[3])));
+        let (stdin, mut rx) = mpsc::unbounded_channel();
+        w.send(WriterMsg::Attach(stdin));
+        assert!(w.peek().await.outstanding);
+        w.send(committed(3, 7));
+        line(&mut rx).await; // seq 4
+
+        // Killed before the outbox kept seq 4: it is lost and 4 goes to the next line.
+        w.send(WriterMsg::Detach(outbox(4, &[])));
+        let (stdin, mut rx) = mpsc::unbounded_channel();
+        w.send(WriterMsg::Attach(stdin));
+        line(&mut rx).await; // seq 4 again
+
+        // Answered by a life that died before printing it: indeterminate, numbering moves on.
+        w.send(WriterMsg::Detach(outbox(5, &[])));
+        let (stdin, mut rx) = mpsc::unbounded_channel();
+        w.send(WriterMsg::Attach(stdin));
+        line(&mut rx).await; // seq 5
+                             // No line after this one; its answer is still recorded.
+        w.send(WriterMsg::Quiesce);
+        w.send(committed(5, 9));
+        let stats = w.finish().await;
+        assert_eq!(
+            (
+                stats.started,
+                stats.acknowledged,
+                stats.refused,
+                stats.lost_in_crash
+            ),
+            (7, 4, 1, 1),
+            "{stats:?}"
+        );
+        assert_eq!(
+            appends(&path),
+            vec![
+                (1, "acked"),
+                (2, "refused"),
+                (2, "acked"),
+                (3, "acked"),
+                (4, "indeterminate"),
+                (4, "indeterminate"),
+                (5, "acked"),
+            ]
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`process`]: one child process and its [`EventLog`].
-//! - [`outbox`]: reading a killed peer's outbox before it is restarted.
+//! - `outbox`: reading a killed peer's outbox before it is restarted.
 //! - here: [`Group`] and [`GroupOptions`].
 
 mod outbox;

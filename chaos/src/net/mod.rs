@@ -13,7 +13,7 @@
 //!
 //! # Layout
 //! - [`faults`]: [`FaultTable`], [`LinkFaults`], [`Node`]: what happens to a datagram.
-//! - [`relay`]: the relay's tasks and delay queue.
+//! - `relay`: the relay's tasks and delay queue.
 //! - here: [`Network`] (the relays) and [`Faults`] (the handle that changes the table).
 
 pub mod faults;
