@@ -142,6 +142,34 @@ async fn an_isolated_leader_steps_down_and_the_rest_elect_another() {
     g.faults().isolate(&old);
     let (new, new_term) = new_leader(&g, &rest, &old, term).await;
     commit(&g, &rest[0], "while the old leader is cut off").await;
+    // Still cut off, the old leader stops calling itself leader (it has heard from no
+    // majority for longer than the others took to elect another).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mark = g.peer(&old).unwrap().events.len();
+        g.send_line(&old, "/status").unwrap();
+        let info = g
+            .wait_event(&old, mark, "info", |v| v["command"] == "status", DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{old} did not answer /status: {e}"));
+        let lines: Vec<String> = info["lines"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let leader_line = lines.iter().find(|l| l.starts_with("leader")).cloned();
+        if leader_line.as_deref() != Some(format!("leader {old}").as_str()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{old}, cut off, still says it leads: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     g.faults().heal();
     // The old leader hears of the higher term and follows: it names another leader.

@@ -8,6 +8,7 @@
 //! - `leader`: what a leader does: genesis, admissions, key rotations, announcements.
 //! - `server`: `conclave/raft/1` and `conclave/peer/1`, with the after-handshake checks.
 //! - `network`, `rpc`: openraft's RPCs over QUIC.
+//! - `stepdown`: a leader cut off from its majority stops calling itself leader.
 //! - `writer`: the author's outbox, one batch in flight, exactly once.
 //! - `console`: the console's questions (`/members`, `/chain`, `/verify`, ...), answered in order.
 //! - `observer`, `keyring`, `events`: applied blocks → what the user sees; group keys.
@@ -29,6 +30,7 @@ pub mod peerlink;
 pub mod rpc;
 pub mod server;
 pub mod status;
+pub mod stepdown;
 pub mod store;
 pub mod types;
 pub mod writer;

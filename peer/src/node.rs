@@ -258,6 +258,10 @@ async fn run_once(
         .in_current_span(),
     );
     tasks.spawn(leader_events(raft.clone(), events.clone(), stop.clone()).in_current_span());
+    // The followers' lease plus election timeout: they have elected another by then.
+    let step_down_after = Duration::from_millis(2 * opts.election_timeout_max_ms);
+    tasks
+        .spawn(crate::stepdown::run(raft.clone(), step_down_after, stop.clone()).in_current_span());
 
     let (rejoin_tx, mut rejoin_rx) = mpsc::channel(1);
     let proxy_link = || {
