@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use conclave_shared::cert::{Role, VerifiedCert};
 use conclave_shared::chain::{BlockKind, RecordBatch};
 use conclave_shared::codec::Canonical;
-use conclave_shared::quic::{self, MemberTrust};
+use conclave_shared::quic::{self, MemberTrust, Slot};
 use conclave_shared::wire::peer::{self as peerwire, FromPeer, ToPeer};
 use conclave_shared::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot};
@@ -88,28 +88,20 @@ pub struct ServerCtx {
 
 pub async fn serve(ctx: ServerCtx, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
     let mut tasks =
-        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, slot| {
             let remote = incoming.remote_address();
-            connection(ctx.clone(), incoming, stop).instrument(info_span!("conn", %remote))
+            connection(ctx.clone(), incoming, slot).instrument(info_span!("conn", %remote))
         })
         .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 }
 
-async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, stop: CancellationToken) {
-    let conn =
-        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                debug!("handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                debug!("handshake timed out");
-                return;
-            }
-        };
+async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, slot: Slot) {
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let Some(conn) = slot.handshake(incoming, timeout).await else {
+        return;
+    };
     let who = match quic::peer_cert(&conn, &ctx.trust) {
         Ok(c) => c,
         Err(e) => {
@@ -130,9 +122,9 @@ async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, stop: Cancellatio
             conn.close(1u32.into(), b"members only");
             return;
         }
-        raft_connection(ctx, conn, who, stop).instrument(span).await;
+        raft_connection(ctx, conn, who, slot).instrument(span).await;
     } else if alpn == peerwire::ALPN.to_vec() {
-        peer_connection(ctx, conn, who, stop).instrument(span).await;
+        peer_connection(ctx, conn, who, slot).instrument(span).await;
     } else {
         conn.close(1u32.into(), b"unknown protocol");
     }
@@ -149,17 +141,11 @@ fn is_member(ctx: &ServerCtx, node: NodeId) -> bool {
     membership.get_node(&node).is_some()
 }
 
-async fn raft_connection(
-    ctx: ServerCtx,
-    conn: quinn::Connection,
-    who: VerifiedCert,
-    stop: CancellationToken,
-) {
+async fn raft_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedCert, slot: Slot) {
     let caller = who.fingerprint().node_id();
     loop {
-        let (mut send, mut recv) = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let read = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -298,16 +284,10 @@ async fn working<F: std::future::Future>(send: &mut quinn::SendStream, work: F) 
     }
 }
 
-async fn peer_connection(
-    ctx: ServerCtx,
-    conn: quinn::Connection,
-    who: VerifiedCert,
-    stop: CancellationToken,
-) {
+async fn peer_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedCert, slot: Slot) {
     loop {
-        let (mut send, mut recv) = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let read = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -324,7 +304,11 @@ async fn peer_connection(
                     retry: false,
                 }
             }
-            Err(_) => continue,
+            Err(_) => {
+                warn!("peer request timed out");
+                let _ = recv.stop(1u32.into());
+                continue;
+            }
         };
         if let Err(e) = write_frame(&mut send, &reply, peerwire::MAX_RESPONSE_BYTES).await {
             debug!("could not send reply: {e}");
