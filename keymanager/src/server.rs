@@ -201,6 +201,7 @@ async fn handle(
             invite,
         } => {
             if !challenges.take(&nonce) {
+                warn!(%name, "registration with an unknown or spent challenge");
                 return error_reply(
                     KmErrorCode::NoChallenge,
                     "the challenge is unknown or used: ask for a challenge on this connection \
@@ -209,7 +210,10 @@ async fn handle(
             }
             let key = match PublicKey::from_spki_der(&public_key) {
                 Ok(k) => k,
-                Err(e) => return error_reply(KmErrorCode::BadRequest, e.to_string()),
+                Err(e) => {
+                    warn!(%name, "registration of a malformed public key: {e}");
+                    return error_reply(KmErrorCode::BadRequest, e.to_string());
+                }
             };
             let input = register_proof_input(&name, role, &public_key, &nonce);
             if key.verify(&input, &proof).is_err() {

@@ -226,6 +226,12 @@ async fn receive_snapshot(
         warn!(caller, snapshot = %meta.snapshot_id, len, "refusing a snapshot: {why}");
         RaftReply::SnapshotRefused(why)
     };
+    // Checked again while receiving; checked here first so that a forged length does not
+    // even make a file.
+    if len > rpc::MAX_SNAPSHOT_BYTES {
+        let max = rpc::MAX_SNAPSHOT_BYTES;
+        return refuse(rpc::SnapshotStreamError::TooLarge { len, max }.to_string());
+    }
     let mut incoming = match ctx.status.chain.snapshot_inbox().begin() {
         Ok(i) => i,
         Err(e) => return refuse(e.to_string()),
@@ -318,9 +324,13 @@ async fn peer_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedC
     }
 }
 
+/// A request this member will not serve, whatever happens next: logged, and answered
+/// `Error { retry: false }`.
 fn refuse(message: impl Into<String>) -> FromPeer {
+    let message = message.into();
+    warn!("refusing a request: {message}");
     FromPeer::Error {
-        message: message.into(),
+        message,
         retry: false,
     }
 }
@@ -362,7 +372,21 @@ async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPe
                 .member_by_id(who.fingerprint().node_id())
                 .is_some_and(|m| m.is_present() && !m.revoked);
             match author {
-                Ok(a) if a == who.name() && member => submit(&ctx.raft, batch).await,
+                Ok(a) if a == who.name() && member => {
+                    let reply = submit(&ctx.raft, batch).await;
+                    if let FromPeer::Committed {
+                        height,
+                        duplicate: true,
+                    } = reply
+                    {
+                        // A resend after a lost answer, or a replay: idempotent either way.
+                        info!(
+                            height,
+                            "a batch applied before was submitted again; nothing written"
+                        );
+                    }
+                    reply
+                }
                 Ok(_) if !member => refuse("only a member of this group may append"),
                 Ok(a) => refuse(format!(
                     "{} may not submit records written by {a}",
