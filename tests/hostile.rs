@@ -718,3 +718,332 @@ fn a_peers_listeners_refuse_hostile_input_log_it_write_nothing_and_serve_on() {
     assert_same_chains(&chains);
     holds_only(&chains[0].1, &[("p2", 1), ("p2", 2)], &["p1", "p2", "p3"]);
 }
+
+/// Whether a client with `cfg` is served `Status` at a peer at `addr`.
+async fn served_status(
+    ep: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+) -> bool {
+    let Ok(conn) = raw::connect(ep, cfg, addr).await else {
+        return false;
+    };
+    let ex = raw::exchange(
+        &conn,
+        &raw::frame(&encode_message(&ToPeer::Status).unwrap()),
+    )
+    .await;
+    ex.body().is_some()
+}
+
+#[test]
+fn a_revoked_member_is_refused_everywhere_even_on_connections_it_opened_before() {
+    let mut c = Cluster::with_peers(3);
+    c.wait_status("three members", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    let rt = runtime();
+    let (p3_key, _, p3_tls) = raw::member_tls(&c, "p3");
+    let (p1, p2) = (c.peers["p1"].addr, c.peers["p2"].addr);
+    let ep = rt.block_on(async { raw::client_endpoint() });
+    // Connections p3 opens while it is still a member, and keeps.
+    let (old_peer, old_raft, old_proxy) = rt.block_on(async {
+        let peer = raw::connect(
+            &ep,
+            raw::client(&c, Some(&p3_tls), &[Role::Member], ALPN_PEER),
+            p1,
+        )
+        .await
+        .unwrap();
+        let raft = raw::connect(
+            &ep,
+            raw::client(&c, Some(&p3_tls), &[Role::Member], ALPN_RAFT),
+            p2,
+        )
+        .await
+        .unwrap();
+        let proxy = proxy_client(&c, Some(&p3_tls)).await;
+        assert!(matches!(
+            proxy.where_is_leader().await,
+            Ok(FromProxy::Leader(_))
+        ));
+        (peer, raft, proxy)
+    });
+
+    c.revoke("p3");
+    for on in ["p1", "p2"] {
+        c.peer(on)
+            .proc
+            .wait_event("member_left", |e| e["name"] == "p3");
+    }
+
+    rt.block_on(async {
+        let p1_log = &c.peers["p1"].proc;
+        let p2_log = &c.peers["p2"].proc;
+        // A batch p3 signed, on the connection it opened before.
+        let record = Record::seal(&conclave_shared::envelope::GroupKey::generate(), "p3", 1000, 1, b"revoked")
+            .unwrap();
+        let batch = RecordBatch::sign(&p3_key, &[0; 16], "p3", vec![record]).unwrap();
+        let n = p1_log.stderr_count("only a member of this group may append");
+        let reply = peer_call(&old_peer, &ToPeer::Submit { batch: batch.to_canonical() }).await;
+        assert!(
+            matches!(&reply, FromPeer::Error { message, retry: false } if message.contains("only a member")),
+            "a revoked member's batch: {reply:?}"
+        );
+        p1_log.wait_stderr("only a member of this group may append", n);
+        // Raft on the connection it opened before: its certificate is checked again.
+        let n = p2_log.stderr_count("no longer certified");
+        let vote = RaftRequest::Vote(openraft::raft::VoteRequest {
+            vote: openraft::Vote::new(1000, p3_key.fingerprint().node_id()),
+            last_log_id: None,
+        });
+        let reply = raft_call(&old_raft, &vote).await;
+        assert!(
+            matches!(&reply, Some(RaftReply::Refused(why)) if why.contains("revoked")),
+            "a revoked member's vote: {reply:?}"
+        );
+        p2_log.wait_stderr("no longer certified", n);
+        // A new connection: refused in the handshake.
+        let until = Instant::now() + DEADLINE;
+        let n = p1_log.stderr_count("handshake failed");
+        while served_status(&ep, raw::client(&c, Some(&p3_tls), &[Role::Member], ALPN_PEER), p1).await {
+            assert!(Instant::now() < until, "a revoked certificate still opens connections");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p1_log.wait_stderr("handshake failed", n);
+
+        // The proxy learns revocations by polling the key manager: once it has, the old
+        // connection asks and announces in vain, and a new one is refused.
+        let until = Instant::now() + DEADLINE;
+        while old_proxy.where_is_leader().await.is_ok() {
+            assert!(Instant::now() < until, "the proxy never learned of the revocation");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let leader = c.status()["leader"].as_str().map(str::to_owned);
+        let claim = Announcement {
+            group_id: [0; 16],
+            name: "p3".into(),
+            node_id: p3_key.fingerprint().node_id(),
+            addr: c.peers["p3"].addr.to_string(),
+            term: 1000,
+            members: Vec::new(),
+            time_ms: 0,
+        };
+        let n = c.proxy.stderr_count("Announce without a member certificate");
+        let reply = old_proxy
+            .request(&ToProxy::Announce(SignedAnnouncement::sign(&p3_key, &claim).unwrap()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply, FromProxy::Error { message } if message.contains("revoked")),
+            "a revoked member's announcement: {reply:?}"
+        );
+        c.proxy.wait_stderr("Announce without a member certificate", n);
+        let n = c.proxy.stderr_count("handshake failed");
+        let cfg = raw::client(&c, Some(&p3_tls), &[Role::Proxy], ALPN_PROXY);
+        assert!(raw::refused_after_handshake(&ep, cfg, c.proxy_addr).await.is_some());
+        c.proxy.wait_stderr("handshake failed", n);
+        assert_ne!(leader.as_deref(), Some("p3"));
+        assert_ne!(c.status()["leader"].as_str(), Some("p3"));
+    });
+
+    // The others go on; nothing of p3's was written after its removal.
+    c.peer("p2").proc.send_line("after the revocation");
+    let committed = c.peer("p2").proc.wait_event("committed", |e| e["seq"] == 1);
+    let h = committed["height"].as_u64().unwrap();
+    c.wait_status("p1 and p2 in step", |s| {
+        let m = s["members"].as_array().unwrap();
+        m.len() == 2
+            && m.iter()
+                .all(|x| x["hash"] == m[0]["hash"] && x["height"].as_u64() >= Some(h))
+    });
+    c.kill9("p3");
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2"].iter().map(|n| (*n, c.chain_of(n))).collect();
+    assert_same_chains(&chains);
+    holds_only(&chains[0].1, &[("p2", 1)], &["p1", "p2", "p3"]);
+}
+
+/// How many connections a flood opens at each listener.
+const FLOOD: usize = 2_000;
+
+/// Asserts what the connection cap must have done to a flood of idle connections at a
+/// listener capped at `max`: at most `max` held once the server's closes have arrived (a
+/// connection closed to make room learns it a moment later), the excess refused at the door
+/// or closed to make room, and the log saying so.
+async fn capped(what: &str, f: &raw::Flood, max: usize, proc: &Proc, logged_before: usize) {
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for e in &f.failed {
+        *kinds.entry(e.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "{what}: {} handshakes completed, {} refused at the door, other failures {kinds:?}",
+        f.held.len(),
+        f.refused,
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while f.open_now() > max {
+        assert!(
+            Instant::now() < until,
+            "{what}: {} idle connections held, over the cap of {max}",
+            f.open_now()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        capped_lines(proc) > logged_before,
+        "{what}: the cap left no log line; stderr:\n{}",
+        proc.stderr_tail(20)
+    );
+}
+
+fn capped_lines(proc: &Proc) -> usize {
+    proc.stderr_count("too many connections; refusing")
+        + proc.stderr_count("closing the connection idle longest")
+}
+
+/// Retries `served` until it says yes; a newcomer may have to wait for an idle connection
+/// to have been idle long enough to give up its place.
+async fn eventually_served<F: std::future::Future<Output = bool>>(
+    what: &str,
+    served: impl Fn() -> F,
+) {
+    let until = Instant::now() + DEADLINE;
+    while !served().await {
+        assert!(Instant::now() < until, "{what} was never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn thousands_of_idle_connections_are_capped_and_real_members_are_still_served() {
+    let mut c = Cluster::with_peers(2);
+    c.wait_status("two members", |s| {
+        s["members"].as_array().is_some_and(|m| m.len() == 2)
+    });
+    let rt = runtime();
+    let (_, _, p1_tls) = raw::member_tls(&c, "p1");
+    let (_, _, mallory) = rt.block_on(raw::register_outsider(&c, "mallory"));
+    let km_before = rt.block_on(km_entries(&c));
+
+    // The key manager and the proxy serve anyone who completes a handshake.
+    rt.block_on(async {
+        let ep = raw::client_endpoint();
+        let n = capped_lines(&c.km);
+        let f = raw::flood(&ep, raw::km_client(&c, km::ALPN), c.km_addr, FLOOD).await;
+        capped(
+            "key manager",
+            &f,
+            conclave_keymanager::MAX_CONNECTIONS,
+            &c.km,
+            n,
+        )
+        .await;
+        eventually_served("a key manager client", || async {
+            let ep = raw::client_endpoint();
+            match KeymanagerClient::connect(&ep, c.km_addr, &raw::root(&c)).await {
+                Ok(km) => km.list().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        // The newcomer took the place of an idle connection, which was told why.
+        let evicted = f.closed_reasons().iter().any(|r| {
+            matches!(r, quinn::ConnectionError::ApplicationClosed(a)
+                if a.reason.as_ref() == conclave_shared::quic::accept::EVICTED_REASON)
+        });
+        assert!(evicted, "no idle connection gave up its place");
+        drop(f);
+
+        let n = capped_lines(&c.proxy);
+        let anon = raw::client(&c, None, &[Role::Proxy], ALPN_PROXY);
+        let f = raw::flood(&ep, anon, c.proxy_addr, FLOOD).await;
+        capped("proxy", &f, conclave_proxy::MAX_CONNECTIONS, &c.proxy, n).await;
+        eventually_served("a member asking the proxy", || async {
+            let ep = raw::client_endpoint();
+            match ProxyClient::connect(&ep, c.proxy_addr, Some(&p1_tls), trust(&c)).await {
+                Ok(p) => matches!(p.where_is_leader().await, Ok(FromProxy::Leader(_))),
+                Err(_) => false,
+            }
+        })
+        .await;
+    });
+
+    // A peer serves certified clients only: a registered outsider may still hold places.
+    // The leader's `conclave/peer/1` (members submit there) and a follower's
+    // `conclave/raft/1` (the leader replicates there) are flooded, then the follower writes.
+    let status = c.wait_status("a leader", |s| leader_of(s).is_some());
+    let leader = leader_of(&status).unwrap();
+    let follower = if leader == "p1" { "p2" } else { "p1" }.to_owned();
+    let (leader_addr, follower_addr) = (c.peers[&leader].addr, c.peers[&follower].addr);
+    let floods = rt.block_on(async {
+        let ep = raw::client_endpoint();
+        let log = &c.peers[&leader].proc;
+        let n = capped_lines(log);
+        let cfg = raw::client(&c, Some(&mallory), &[Role::Member], ALPN_PEER);
+        let at_leader = raw::flood(&ep, cfg, leader_addr, FLOOD).await;
+        capped(
+            "the leader's conclave/peer/1",
+            &at_leader,
+            conclave_peer::server::MAX_CONNECTIONS,
+            log,
+            n,
+        )
+        .await;
+        let log = &c.peers[&follower].proc;
+        let n = capped_lines(log);
+        let cfg = raw::client(&c, Some(&mallory), &[Role::Member], ALPN_RAFT);
+        let at_follower = raw::flood(&ep, cfg, follower_addr, FLOOD).await;
+        capped(
+            "a follower's conclave/raft/1",
+            &at_follower,
+            conclave_peer::server::MAX_CONNECTIONS,
+            log,
+            n,
+        )
+        .await;
+        (ep, at_leader, at_follower)
+    });
+    c.peer(&follower).proc.send_line("through the crowd");
+    c.peer(&follower)
+        .proc
+        .wait_event("committed", |e| e["seq"] == 1);
+    drop(floods);
+
+    // Without a certificate of this group, nobody holds a place past the handshake.
+    rt.block_on(async {
+        let ep = raw::client_endpoint();
+        let log = &c.peers[&leader].proc;
+        let n = log.stderr_count("handshake failed");
+        let cfg = raw::client(&c, None, &[Role::Member], ALPN_PEER);
+        let f = raw::flood(&ep, cfg, leader_addr, FLOOD).await;
+        let until = Instant::now() + DEADLINE;
+        while f.open_now() > 0 {
+            assert!(
+                Instant::now() < until,
+                "{} uncertified connections still open",
+                f.open_now()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        log.wait_stderr("handshake failed", n);
+    });
+    c.peer(&follower).proc.send_line("after the crowd");
+    let committed = c
+        .peer(&follower)
+        .proc
+        .wait_event("committed", |e| e["seq"] == 2);
+
+    // Nothing was written: the key manager's members, and the chains but for the two lines.
+    assert_eq!(rt.block_on(km_entries(&c)), km_before);
+    let h = committed["height"].as_u64().unwrap();
+    wait_in_step(&c, 2, h);
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2"].iter().map(|n| (*n, c.chain_of(n))).collect();
+    assert_same_chains(&chains);
+    holds_only(
+        &chains[0].1,
+        &[(follower.as_str(), 1), (follower.as_str(), 2)],
+        &["p1", "p2"],
+    );
+}

@@ -170,6 +170,10 @@ async fn raft_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedC
         let streaming = matches!(req, RaftRequest::Snapshot { .. });
         // Revocations learned since the handshake count too.
         let reply = if let Err(e) = quic::peer_cert(&conn, &ctx.trust) {
+            warn!(
+                caller,
+                "raft request from a caller no longer certified: {e}"
+            );
             RaftReply::Refused(e.to_string())
         } else if req.claimed_sender() != caller {
             warn!(

@@ -220,19 +220,31 @@ impl Flood {
     }
 }
 
-/// Opens `n` connections to `addr` at once and keeps those that complete the handshake,
-/// idle: they open no stream.
+/// How long each connection of a flood may take to complete its handshake; those that do
+/// not are given up (the server gives up their half-open places too).
+pub const FLOOD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens `n` connections to `addr` at once and keeps those that complete the handshake
+/// within [`FLOOD_CONNECT_TIMEOUT`], idle: they open no stream.
 pub async fn flood(
     ep: &quinn::Endpoint,
     cfg: quinn::ClientConfig,
     addr: SocketAddr,
     n: usize,
 ) -> Flood {
+    let started = std::time::Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..n {
         let ep = ep.clone();
         let cfg = cfg.clone();
-        set.spawn(async move { connect(&ep, cfg, addr).await });
+        set.spawn(async move {
+            let connecting = ep
+                .connect_with(cfg, addr, quic::SERVER_NAME)
+                .expect("connect call");
+            tokio::time::timeout(FLOOD_CONNECT_TIMEOUT, connecting)
+                .await
+                .unwrap_or(Err(quinn::ConnectionError::TimedOut))
+        });
     }
     let mut out = Flood {
         held: Vec::new(),
@@ -250,5 +262,6 @@ pub async fn flood(
             Err(e) => out.failed.push(e.to_string()),
         }
     }
+    eprintln!("flood of {n} took {:?}", started.elapsed());
     out
 }
