@@ -26,6 +26,7 @@ use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
 pub use error::KeymanagerError;
+pub use server::MAX_CONNECTIONS;
 pub use store::STORE_FORMAT_VERSION;
 
 pub const ROOT_KEY_FILE: &str = "root.key.pem";

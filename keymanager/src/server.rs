@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conclave_shared::config::EnrolmentMode;
 use conclave_shared::identity::{Identity, PublicKey};
-use conclave_shared::quic::{self, ClientAuth, TlsIdentity};
+use conclave_shared::quic::{self, ClientAuth, Slot, TlsIdentity};
 use conclave_shared::wire::km::{
     self, register_proof_input, FromKeymanager, KmErrorCode, ToKeymanager, CHALLENGE_BYTES,
 };
@@ -13,7 +13,7 @@ use conclave_shared::wire::{read_frame, write_frame, WireError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::error::KeymanagerError;
 use crate::store::{Refusal, RegisterRequest, Store};
@@ -53,9 +53,9 @@ pub(crate) async fn serve(
     info!(?addr, fingerprint = %shared.root.fingerprint(), "key manager serving");
 
     let mut tasks =
-        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, slot| {
             let remote = incoming.remote_address();
-            connection(shared.clone(), incoming, stop).instrument(info_span!("km_conn", %remote))
+            connection(shared.clone(), incoming, slot).instrument(info_span!("km_conn", %remote))
         })
         .await;
     info!("key manager shutting down");
@@ -76,31 +76,16 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, shutdown: CancellationToken) {
-    let conn =
-        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                warn!("handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!("handshake timed out");
-                return;
-            }
-        };
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, slot: Slot) {
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let Some(conn) = slot.handshake(incoming, timeout).await else {
+        return;
+    };
     // Challenges live only on this connection and are good for one registration each.
     let mut challenges = Challenges::default();
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let (mut send, mut recv) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = conn.accept_bi() => match s {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!("connection closed: {e}");
-                    return;
-                }
-            },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let request = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -216,6 +201,7 @@ async fn handle(
             invite,
         } => {
             if !challenges.take(&nonce) {
+                warn!(%name, "registration with an unknown or spent challenge");
                 return error_reply(
                     KmErrorCode::NoChallenge,
                     "the challenge is unknown or used: ask for a challenge on this connection \
@@ -224,7 +210,10 @@ async fn handle(
             }
             let key = match PublicKey::from_spki_der(&public_key) {
                 Ok(k) => k,
-                Err(e) => return error_reply(KmErrorCode::BadRequest, e.to_string()),
+                Err(e) => {
+                    warn!(%name, "registration of a malformed public key: {e}");
+                    return error_reply(KmErrorCode::BadRequest, e.to_string());
+                }
             };
             let input = register_proof_input(&name, role, &public_key, &nonce);
             if key.verify(&input, &proof).is_err() {

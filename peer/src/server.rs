@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use conclave_shared::cert::{Role, VerifiedCert};
 use conclave_shared::chain::{BlockKind, RecordBatch};
 use conclave_shared::codec::Canonical;
-use conclave_shared::quic::{self, MemberTrust};
+use conclave_shared::quic::{self, MemberTrust, Slot};
 use conclave_shared::wire::peer::{self as peerwire, FromPeer, ToPeer};
 use conclave_shared::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot};
@@ -88,28 +88,20 @@ pub struct ServerCtx {
 
 pub async fn serve(ctx: ServerCtx, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
     let mut tasks =
-        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+        quic::accept_connections(&endpoint, MAX_CONNECTIONS, &shutdown, |incoming, slot| {
             let remote = incoming.remote_address();
-            connection(ctx.clone(), incoming, stop).instrument(info_span!("conn", %remote))
+            connection(ctx.clone(), incoming, slot).instrument(info_span!("conn", %remote))
         })
         .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 }
 
-async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, stop: CancellationToken) {
-    let conn =
-        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                debug!("handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                debug!("handshake timed out");
-                return;
-            }
-        };
+async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, slot: Slot) {
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let Some(conn) = slot.handshake(incoming, timeout).await else {
+        return;
+    };
     let who = match quic::peer_cert(&conn, &ctx.trust) {
         Ok(c) => c,
         Err(e) => {
@@ -130,9 +122,9 @@ async fn connection(ctx: ServerCtx, incoming: quinn::Incoming, stop: Cancellatio
             conn.close(1u32.into(), b"members only");
             return;
         }
-        raft_connection(ctx, conn, who, stop).instrument(span).await;
+        raft_connection(ctx, conn, who, slot).instrument(span).await;
     } else if alpn == peerwire::ALPN.to_vec() {
-        peer_connection(ctx, conn, who, stop).instrument(span).await;
+        peer_connection(ctx, conn, who, slot).instrument(span).await;
     } else {
         conn.close(1u32.into(), b"unknown protocol");
     }
@@ -149,17 +141,11 @@ fn is_member(ctx: &ServerCtx, node: NodeId) -> bool {
     membership.get_node(&node).is_some()
 }
 
-async fn raft_connection(
-    ctx: ServerCtx,
-    conn: quinn::Connection,
-    who: VerifiedCert,
-    stop: CancellationToken,
-) {
+async fn raft_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedCert, slot: Slot) {
     let caller = who.fingerprint().node_id();
     loop {
-        let (mut send, mut recv) = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let read = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -184,6 +170,10 @@ async fn raft_connection(
         let streaming = matches!(req, RaftRequest::Snapshot { .. });
         // Revocations learned since the handshake count too.
         let reply = if let Err(e) = quic::peer_cert(&conn, &ctx.trust) {
+            warn!(
+                caller,
+                "raft request from a caller no longer certified: {e}"
+            );
             RaftReply::Refused(e.to_string())
         } else if req.claimed_sender() != caller {
             warn!(
@@ -240,6 +230,12 @@ async fn receive_snapshot(
         warn!(caller, snapshot = %meta.snapshot_id, len, "refusing a snapshot: {why}");
         RaftReply::SnapshotRefused(why)
     };
+    // Checked again while receiving; checked here first so that a forged length does not
+    // even make a file.
+    if len > rpc::MAX_SNAPSHOT_BYTES {
+        let max = rpc::MAX_SNAPSHOT_BYTES;
+        return refuse(rpc::SnapshotStreamError::TooLarge { len, max }.to_string());
+    }
     let mut incoming = match ctx.status.chain.snapshot_inbox().begin() {
         Ok(i) => i,
         Err(e) => return refuse(e.to_string()),
@@ -298,16 +294,10 @@ async fn working<F: std::future::Future>(send: &mut quinn::SendStream, work: F) 
     }
 }
 
-async fn peer_connection(
-    ctx: ServerCtx,
-    conn: quinn::Connection,
-    who: VerifiedCert,
-    stop: CancellationToken,
-) {
+async fn peer_connection(ctx: ServerCtx, conn: quinn::Connection, who: VerifiedCert, slot: Slot) {
     loop {
-        let (mut send, mut recv) = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let read = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -324,7 +314,11 @@ async fn peer_connection(
                     retry: false,
                 }
             }
-            Err(_) => continue,
+            Err(_) => {
+                warn!("peer request timed out");
+                let _ = recv.stop(1u32.into());
+                continue;
+            }
         };
         if let Err(e) = write_frame(&mut send, &reply, peerwire::MAX_RESPONSE_BYTES).await {
             debug!("could not send reply: {e}");
@@ -334,9 +328,13 @@ async fn peer_connection(
     }
 }
 
+/// A request this member will not serve, whatever happens next: logged, and answered
+/// `Error { retry: false }`.
 fn refuse(message: impl Into<String>) -> FromPeer {
+    let message = message.into();
+    warn!("refusing a request: {message}");
     FromPeer::Error {
-        message: message.into(),
+        message,
         retry: false,
     }
 }
@@ -378,7 +376,21 @@ async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPe
                 .member_by_id(who.fingerprint().node_id())
                 .is_some_and(|m| m.is_present() && !m.revoked);
             match author {
-                Ok(a) if a == who.name() && member => submit(&ctx.raft, batch).await,
+                Ok(a) if a == who.name() && member => {
+                    let reply = submit(&ctx.raft, batch).await;
+                    if let FromPeer::Committed {
+                        height,
+                        duplicate: true,
+                    } = reply
+                    {
+                        // A resend after a lost answer, or a replay: idempotent either way.
+                        info!(
+                            height,
+                            "a batch applied before was submitted again; nothing written"
+                        );
+                    }
+                    reply
+                }
                 Ok(_) if !member => refuse("only a member of this group may append"),
                 Ok(a) => refuse(format!(
                     "{} may not submit records written by {a}",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conclave_shared::cert::VerifiedCert;
-use conclave_shared::quic::{self, ClientAuth, MemberTrust, TlsIdentity};
+use conclave_shared::quic::{self, ClientAuth, MemberTrust, Slot, TlsIdentity};
 use conclave_shared::wire::proxy::{self, FromProxy, Rejection, SignedAnnouncement, ToProxy};
 use conclave_shared::wire::{read_frame, write_frame, WireError};
 use tokio_util::sync::CancellationToken;
@@ -57,9 +57,9 @@ pub(crate) async fn serve(
     info!(?addr, fingerprint = %tls.fingerprint(), "proxy serving");
 
     let mut tasks =
-        quic::accept_connections(endpoint, MAX_CONNECTIONS, &shutdown, |incoming, stop| {
+        quic::accept_connections(endpoint, MAX_CONNECTIONS, &shutdown, |incoming, slot| {
             let remote = incoming.remote_address();
-            connection(shared.clone(), incoming, stop).instrument(info_span!("proxy_conn", %remote))
+            connection(shared.clone(), incoming, slot).instrument(info_span!("proxy_conn", %remote))
         })
         .await;
     info!("proxy shutting down");
@@ -81,29 +81,14 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, shutdown: CancellationToken) {
-    let conn =
-        match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), incoming).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                warn!("handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                warn!("handshake timed out");
-                return;
-            }
-        };
+async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, slot: Slot) {
+    let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let Some(conn) = slot.handshake(incoming, timeout).await else {
+        return;
+    };
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let (mut send, mut recv) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = conn.accept_bi() => match s {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!("connection closed: {e}");
-                    return;
-                }
-            },
+        let Some((mut send, mut recv)) = slot.next_stream(&conn).await else {
+            return;
         };
         let request = tokio::time::timeout(
             Duration::from_millis(REQUEST_TIMEOUT_MS),
@@ -113,7 +98,7 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming, shutdown: Ca
         let reply = match request {
             Ok(Ok(Some(req))) => {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = slot.shutdown().cancelled() => return,
                     reply = handle(&shared, &conn, req) => reply,
                 }
             }

@@ -362,3 +362,34 @@ impl Cluster {
         (c, config)
     }
 }
+
+impl Cluster {
+    /// Kills peer `name` with SIGKILL and hands it back, with whatever it printed before it
+    /// died read to the end, so that events already on their way (an acknowledgement the
+    /// user saw) are not lost with it. Restart it with `start_peer(name, Some(peer.addr))`.
+    pub fn kill9_and_read(&mut self, name: &str) -> Peer {
+        let mut p = self
+            .peers
+            .remove(name)
+            .unwrap_or_else(|| panic!("no peer {name}"));
+        p.proc.kill9();
+        // stdout is closed once the process is gone: this ends at its last line.
+        while p.proc.next_line(Duration::from_millis(500)).is_some() {}
+        p
+    }
+
+    /// `conclave verify` on peer `name`'s data directory (the peer may be running, stopped or
+    /// killed), with the group's root key.
+    pub fn verify(&self, name: &str) -> super::Output {
+        let mut cmd = conclave(self.path());
+        cmd.args([
+            "--json",
+            "verify",
+            "--data",
+            &format!("peers/{name}"),
+            "--root-key",
+            self.root_key().to_str().expect("a UTF-8 path"),
+        ]);
+        run(cmd)
+    }
+}

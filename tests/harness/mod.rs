@@ -15,6 +15,7 @@ use serde_json::Value;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub mod cluster;
+pub mod raw;
 pub mod tmux;
 
 /// The `conclave` binary, run in `dir` so that no stray `config.yml` is picked up.
@@ -127,6 +128,25 @@ impl Proc {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// How many lines of stderr so far contain `needle`.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.stderr().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until more than `before` lines of stderr contain `needle` (logs are written
+    /// asynchronously); panics at the deadline with the stderr seen.
+    pub fn wait_stderr(&self, needle: &str, before: usize) {
+        let until = Instant::now() + DEADLINE;
+        while self.stderr_count(needle) <= before {
+            assert!(
+                Instant::now() < until,
+                "no new log line with {needle:?} within {DEADLINE:?}; stderr:\n{}",
+                self.stderr_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The last `n` lines of stderr, for failure messages.

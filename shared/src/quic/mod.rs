@@ -28,7 +28,7 @@ use thiserror::Error;
 use crate::cert::{CertError, Role};
 use crate::identity::Fingerprint;
 
-pub use accept::accept_connections;
+pub use accept::{accept_connections, Slot};
 pub use binding::{verify_presented, TlsIdentity, CONCLAVE_CERT_OID, MAX_TLS_CERT_BYTES};
 pub use endpoint::{
     client_config, negotiated_alpn, peer_cert, server_config, ClientAuth, ServerTrust,
