@@ -28,7 +28,7 @@ use conclave_shared::codec::{Canonical, DecodeError, Reader};
 use conclave_shared::config::Config;
 use conclave_shared::identity::PublicKey;
 use conclave_shared::wire::km::{FromKeymanager, ToKeymanager};
-use conclave_shared::wire::peer::{FromPeer, ToPeer};
+use conclave_shared::wire::peer::{FromPeer, Head, ToPeer};
 use conclave_shared::wire::proxy::{Announcement, FromProxy, ToProxy};
 use conclave_shared::wire::{decode_message, encode_message, read_frame, WireError};
 
@@ -192,6 +192,9 @@ pub fn msg_peer(data: &[u8]) -> bool {
     let to = message!(ToPeer, data);
     if let Some(ToPeer::Submit { batch }) = &to {
         canonical::<RecordBatch>(batch);
+    }
+    if let Some(ToPeer::Head(signed)) = &to {
+        message!(Head, &signed.bytes);
     }
     let from = message!(FromPeer, data).is_some();
     to.is_some() || from

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::Event;
+use crate::heads::{head_interval, HEAD_FRESH_INTERVALS};
 use crate::keyring::KeyRing;
 use crate::observer::wire_role;
 use crate::status::StatusSource;
@@ -26,11 +27,11 @@ const SHORT_HASH: usize = 12;
 /// What `/help` prints, one line each.
 pub const HELP: &[&str] = &[
     "any line not starting with / is a message: it is encrypted, signed and appended",
-    "/members    the members: name, role, reachable, head (`-` when this member cannot tell)",
+    "/members    the members: name, role, reachable, head (`-` when this member cannot tell), head mismatches",
     "/leader     the leader and its term",
     "/chain [N]  the last N blocks (default 10): height, time, author, kind, hash, text",
     "/verify     verifies this member's copy of the chain under the root key",
-    "/status     this member: name, role, leader, term, head",
+    "/status     this member: name, role, leader, term, head, head mismatches",
     "/leave      leaves the group for good (delivers what is pending first)",
     "/exit       stops this member, which stays in the group ($exit too)",
     "/help       this list",
@@ -140,13 +141,17 @@ impl Console {
         }
     }
 
-    /// One line per present member: name, role, reachable, head. Only the leader knows how
-    /// far each follower got (the Raft log index it acknowledged); other members say `-`.
+    /// One line per present member: name, role, reachable, head, and a warning where its
+    /// signed head disagrees with this member's chain. The leader says how far each follower
+    /// got in the Raft log; every member says which heads it received (`heads`), and when.
     fn members(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().clone();
         let replication = m.replication.clone();
         let last_log = m.last_log_index;
         let own_head = self.chain.head();
+        let heads = &self.status.heads;
+        let present = self.chain.members().into_iter().filter(|m| m.is_present());
+        let fresh = head_interval(present.count()) * HEAD_FRESH_INTERVALS;
         let mut out = vec![format!(
             "{:<16} {:<8} {:<28} head",
             "name", "role", "reachable"
@@ -166,10 +171,8 @@ impl Console {
                     }),
                 )
             } else {
+                let seen = heads.seen(member.node_id);
                 let reachable = match replication.as_ref().map(|r| r.get(&member.node_id)) {
-                    // Not the leader: it does not track the others.
-                    None => "-".to_owned(),
-                    Some(None | Some(None)) => "no ack yet".to_owned(),
                     Some(Some(Some(matched))) => {
                         let behind = last_log.map_or(0, |l| l.saturating_sub(matched.index));
                         if behind == 0 {
@@ -178,8 +181,29 @@ impl Console {
                             format!("log {}, {behind} behind", matched.index)
                         }
                     }
+                    Some(None | Some(None)) if seen.is_none() => "no ack yet".to_owned(),
+                    // A follower, or no Raft answer yet: go by the heads it sent.
+                    _ => match &seen {
+                        Some(s) if s.age <= fresh => {
+                            format!("yes, head {} s ago", s.age.as_secs())
+                        }
+                        Some(s) => format!("no head for {} s", s.age.as_secs()),
+                        None => "no head yet".to_owned(),
+                    },
                 };
-                (reachable, "-".to_owned())
+                let head = seen.map_or("-".to_owned(), |s| {
+                    format!("{} {}", s.height, short(&s.hash.to_hex()))
+                });
+                let head = match heads.mismatch_with(member.node_id) {
+                    Some(x) => format!(
+                        "{head}  HEAD MISMATCH at {}: ours {} theirs {}",
+                        x.height,
+                        short(&x.ours),
+                        short(&x.theirs)
+                    ),
+                    None => head,
+                };
+                (reachable, head)
             };
             out.push(format!(
                 "{:<16} {:<8} {:<28} {head}",
@@ -206,13 +230,23 @@ impl Console {
             (Some(h), Some(hash)) => format!("{h} {hash}"),
             _ => "- (no chain yet)".to_owned(),
         };
-        vec![
+        let mut lines = vec![
             format!("name   {}", s.name),
             format!("role   {role}"),
             format!("leader {}", s.leader.as_deref().unwrap_or("-")),
             format!("term   {}", s.term),
             format!("head   {head}"),
-        ]
+        ];
+        if s.head_mismatches.is_empty() {
+            lines.push("heads  no head_mismatch: the heads received agree with this chain".into());
+        }
+        for x in &s.head_mismatches {
+            lines.push(format!(
+                "head_mismatch {} at height {}: ours {} theirs {}",
+                x.peer, x.height, x.ours, x.theirs
+            ));
+        }
+        lines
     }
 
     /// The last `n` blocks, one line each (and one more per record of a batch of several).

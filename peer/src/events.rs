@@ -69,6 +69,14 @@ pub enum Event {
         command: String,
         lines: Vec<String>,
     },
+    /// `peer` signed a head whose hash at `height` (`theirs`) is not this member's block hash
+    /// there (`ours`); said once per member until their heads agree again.
+    HeadMismatch {
+        peer: String,
+        height: u64,
+        ours: String,
+        theirs: String,
+    },
     Error {
         message: String,
     },

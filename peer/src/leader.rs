@@ -56,6 +56,10 @@ pub struct LeaderCtx {
     pub rejoin: mpsc::Sender<()>,
     /// The keys this member holds, to hand earlier epochs to newcomers (`share_history`).
     pub keys: tokio::sync::watch::Receiver<crate::keyring::KeyRing>,
+    /// When each member last answered this node's replication (see `voters`).
+    pub liveness: crate::liveness::Liveness,
+    /// A voter silent for longer is replaced by a caught-up learner (`raft.dead_voter_after`).
+    pub dead_voter_after: Duration,
     /// Where to poll for revocations.
     pub keymanager: std::net::SocketAddr,
     pub endpoint: quinn::Endpoint,
@@ -70,6 +74,10 @@ pub async fn run(ctx: LeaderCtx, mut jobs: mpsc::Receiver<LeaderJob>, shutdown: 
     let mut led_term: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this member's current leadership began: nobody has had the chance to answer it
+    // before, so nobody counts as silent for longer than that.
+    let mut leading_since = std::time::Instant::now();
+    let mut voters = crate::voters::VoterWatch::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -80,6 +88,7 @@ pub async fn run(ctx: LeaderCtx, mut jobs: mpsc::Receiver<LeaderJob>, shutdown: 
                 let term = metrics.borrow().current_term;
                 if ctx.status.is_leader() && led_term != Some(term) {
                     led_term = Some(term);
+                    leading_since = std::time::Instant::now();
                     info!(term, "leading");
                     if let Err(e) = ctx.on_elected(term).await {
                         warn!("could not take up leadership duties: {e}");
@@ -94,6 +103,12 @@ pub async fn run(ctx: LeaderCtx, mut jobs: mpsc::Receiver<LeaderJob>, shutdown: 
                     ctx.announce().await;
                     if let Err(e) = ctx.checkpoint(&mut checkpointed).await {
                         debug!("no checkpoint this time: {e}");
+                    }
+                    // Only once this term's duties were taken up (`on_elected` reconciled).
+                    if led_term.is_some() {
+                        if let Err(e) = ctx.keep_voters(leading_since, &mut voters).await {
+                            warn!("could not replace a dead voter this time: {e}");
+                        }
                     }
                 }
             }
@@ -183,7 +198,7 @@ impl LeaderCtx {
     }
 
     /// Signs a system block as this leader and commits it.
-    async fn propose_system(&self, mut body: BlockBody) -> Result<Applied, PeerError> {
+    pub(crate) async fn propose_system(&self, mut body: BlockBody) -> Result<Applied, PeerError> {
         let time_ms = conclave_shared::now_ms();
         // The signature covers `term` and this node's id, and every replica checks them
         // against the log id openraft gives the entry (`ChainState::apply`). They agree as long
@@ -324,7 +339,9 @@ impl LeaderCtx {
                 .await
                 .map_err(|e| PeerError::Raft(e.to_string()))?;
         }
-        Ok(())
+        // And a voter the chain demoted (a dead voter replaced) that Raft still counts: a
+        // leader died between the two.
+        self.demote_chain_learners().await
     }
 
     /// Commits the admission block and a key rotation that includes the new member.
@@ -548,7 +565,7 @@ impl LeaderCtx {
         })
     }
 
-    async fn announce(&self) {
+    pub(crate) async fn announce(&self) {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let members: Vec<MemberInfo> = membership

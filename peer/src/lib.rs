@@ -12,6 +12,9 @@
 //! - `writer`: the author's outbox, one batch in flight, exactly once.
 //! - `console`: the console's questions (`/members`, `/chain`, `/verify`, ...), answered in order.
 //! - `observer`, `keyring`, `events`: applied blocks → what the user sees; group keys.
+//! - `heads`: the signed head exchange between members, and `head_mismatch`.
+//! - `liveness`, `voters`: when each member last answered replication; the leader's
+//!   replacement of a dead voter by a caught-up learner.
 //! - `store`: redb storage (Raft log, state machine, chain, outbox).
 //! - `types`: the openraft type configuration.
 
@@ -19,10 +22,12 @@ pub mod console;
 pub mod enrol;
 pub mod error;
 pub mod events;
+pub mod heads;
 pub mod join;
 pub mod keyring;
 pub mod leader;
 pub mod link;
+pub mod liveness;
 pub mod network;
 pub mod node;
 pub mod observer;
@@ -33,6 +38,7 @@ pub mod status;
 pub mod stepdown;
 pub mod store;
 pub mod types;
+pub mod voters;
 pub mod writer;
 
 pub use error::PeerError;

@@ -19,6 +19,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use openraft::raft::{VoteRequest, VoteResponse};
 use tracing::{debug, info, warn};
 
+use crate::liveness::Liveness;
 use crate::rpc::{self, RaftReply, RaftRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 
@@ -41,14 +42,22 @@ pub struct RaftNetworkFactoryImpl {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     trust: MemberTrust,
+    liveness: Liveness,
 }
 
 impl RaftNetworkFactoryImpl {
-    pub fn new(endpoint: quinn::Endpoint, client: quinn::ClientConfig, trust: MemberTrust) -> Self {
+    /// Every answered `Append` is noted in `liveness` (the leader's dead-voter check reads it).
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        client: quinn::ClientConfig,
+        trust: MemberTrust,
+        liveness: Liveness,
+    ) -> Self {
         Self {
             endpoint,
             client,
             trust,
+            liveness,
         }
     }
 }
@@ -63,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             endpoint: self.endpoint.clone(),
             client: self.client.clone(),
             trust: self.trust.clone(),
+            liveness: self.liveness.clone(),
             conn: None,
             snapshot_failures: 0,
             snapshot_failed_at: None,
@@ -76,6 +86,7 @@ pub struct RaftConn {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     trust: MemberTrust,
+    liveness: Liveness,
     conn: Option<quinn::Connection>,
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
     snapshot_failures: u32,
@@ -212,7 +223,12 @@ impl RaftNetwork<TypeConfig> for RaftConn {
             Err(CallError::TooLarge) if entries > 1 => Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries / 2),
             )),
-            Ok(RaftReply::Append(Ok(r))) => Ok(r),
+            Ok(RaftReply::Append(Ok(r))) => {
+                // Any answer of openraft's (success, conflict, higher vote) shows the member
+                // alive and taking part; refusals and errors do not.
+                self.liveness.acked(self.target);
+                Ok(r)
+            }
             Ok(RaftReply::Append(Err(e))) => Err(RPCError::RemoteError(
                 RemoteError::new_with_node(self.target, self.node.clone(), e),
             )),

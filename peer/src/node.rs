@@ -22,10 +22,13 @@ use tracing::{info, warn, Instrument};
 use crate::enrol::{enrol, EnrolOptions};
 use crate::error::PeerError;
 use crate::events::Event;
+use crate::heads::send::HeadSender;
+use crate::heads::HeadBook;
 use crate::join::{join, JoinCtx, Joined, GROUP_ID_FILE};
 use crate::keyring::KeyRing;
 use crate::leader::LeaderCtx;
 use crate::link::ProxyLink;
+use crate::liveness::Liveness;
 use crate::network::RaftNetworkFactoryImpl;
 use crate::observer::Observer;
 use crate::peerlink::PeerLink;
@@ -66,6 +69,9 @@ pub struct PeerOptions {
     pub snapshot_every_entries: u64,
     /// Entries inside a snapshot kept in the log anyway (`raft.keep_log_entries`).
     pub keep_log_entries: u64,
+    /// A leader replaces a voter silent for this long with a caught-up learner
+    /// (`raft.dead_voter_after`).
+    pub dead_voter_after: Duration,
     /// Written into the genesis block if this peer founds the group.
     pub rules: Rules,
 }
@@ -208,7 +214,13 @@ async fn run_once(
     }
     .validate()
     .map_err(|e| PeerError::Raft(e.to_string()))?;
-    let network = RaftNetworkFactoryImpl::new(endpoint.clone(), raft_client, members.clone());
+    let liveness = Liveness::default();
+    let network = RaftNetworkFactoryImpl::new(
+        endpoint.clone(),
+        raft_client,
+        members.clone(),
+        liveness.clone(),
+    );
     let raft = Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
         .await
         .map_err(|e| PeerError::Raft(e.to_string()))?;
@@ -220,6 +232,7 @@ async fn run_once(
         node_id,
         raft: raft.clone(),
         chain: chain.clone(),
+        heads: HeadBook::new(events.clone()),
     };
     let (jobs_tx, jobs_rx) = mpsc::channel(16);
     let admitter = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -262,6 +275,20 @@ async fn run_once(
     let step_down_after = Duration::from_millis(2 * opts.election_timeout_max_ms);
     tasks
         .spawn(crate::stepdown::run(raft.clone(), step_down_after, stop.clone()).in_current_span());
+    tasks.spawn(
+        HeadSender {
+            identity: identity.clone(),
+            name: opts.name.clone(),
+            node_id,
+            chain: chain.clone(),
+            raft: raft.clone(),
+            endpoint: endpoint.clone(),
+            client: peer_client.clone(),
+            trust: members.clone(),
+        }
+        .run(stop.clone())
+        .in_current_span(),
+    );
 
     let (rejoin_tx, mut rejoin_rx) = mpsc::channel(1);
     let proxy_link = || {
@@ -290,6 +317,8 @@ async fn run_once(
                 keymanager: opts.keymanager,
                 endpoint: endpoint.clone(),
                 keys: keys_rx.clone(),
+                liveness,
+                dead_voter_after: opts.dead_voter_after,
             },
             jobs_rx,
             stop.clone(),

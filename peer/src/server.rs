@@ -366,6 +366,12 @@ async fn handle_peer(ctx: &ServerCtx, who: &VerifiedCert, req: ToPeer) -> FromPe
             .run(&ctx.jobs, rx)
             .await
         }
+        ToPeer::Head(signed) => {
+            ctx.status
+                .heads
+                .receive(&ctx.status.chain, who, signed)
+                .await
+        }
         ToPeer::Submit { batch } => {
             // A member forwards its own batches only, and only while it is a member: anyone
             // else would just fill the chain with refusals.

@@ -4,6 +4,7 @@
 use conclave_shared::wire::peer::{PeerStatus, WireRole};
 use openraft::ServerState;
 
+use crate::heads::HeadBook;
 use crate::store::ChainReader;
 use crate::types::{NodeId, Raft};
 
@@ -13,6 +14,8 @@ pub struct StatusSource {
     pub node_id: NodeId,
     pub raft: Raft,
     pub chain: ChainReader,
+    /// The others' signed heads, and where they disagree with this member's chain.
+    pub heads: HeadBook,
 }
 
 impl StatusSource {
@@ -32,6 +35,9 @@ impl StatusSource {
             term: m.current_term,
             head_height: head.map(|(h, _)| h),
             head_hash: head.map(|(_, hash)| hash.to_hex()),
+            head_mismatches: self
+                .heads
+                .mismatches(|id| self.chain.member_by_id(id).is_some_and(|m| m.is_present())),
         }
     }
 

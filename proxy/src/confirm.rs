@@ -202,6 +202,7 @@ mod tests {
             term,
             head_height: None,
             head_hash: None,
+            head_mismatches: Vec::new(),
         };
         assert!(confirms(&status(Some("bob"), 7), &req));
         assert!(!confirms(&status(Some("bob"), 6), &req));

@@ -140,16 +140,22 @@ impl Prober {
 
 fn member_status(m: &KnownMember, answer: Option<PeerStatus>) -> MemberStatus {
     let reachable = answer.is_some();
-    let (head_height, head_hash) = match answer {
+    let is_hash = |h: &String| {
+        h.len() == HEAD_HASH_HEX_LEN
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let (head_height, head_hash, head_mismatches) = match answer {
         Some(s) => (
             s.head_height,
-            s.head_hash.filter(|h| {
-                h.len() == HEAD_HASH_HEX_LEN
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            }),
+            s.head_hash.filter(is_hash),
+            s.head_mismatches
+                .into_iter()
+                .filter(|m| is_hash(&m.ours) && is_hash(&m.theirs))
+                .take(peer::MAX_REPORTED_MISMATCHES)
+                .collect(),
         ),
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     MemberStatus {
         name: m.name.clone(),
@@ -159,6 +165,7 @@ fn member_status(m: &KnownMember, answer: Option<PeerStatus>) -> MemberStatus {
         reachable,
         head_height,
         head_hash,
+        head_mismatches,
     }
 }
 

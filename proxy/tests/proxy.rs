@@ -653,6 +653,7 @@ impl FakePeer {
             term: 1,
             head_height: Some(head.0),
             head_hash: Some(head.1),
+            head_mismatches: Vec::new(),
         }));
         let asked = Arc::new(AtomicUsize::new(0));
         let accepting = endpoint.clone();

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -124,6 +125,11 @@ pub struct RaftConfig {
     /// ones are purged. Absent: [`DEFAULT_KEEP_LOG_ENTRIES`].
     #[serde(default = "default_keep_log_entries")]
     pub keep_log_entries: u64,
+    /// A leader replaces a voter that has not acknowledged its replication for this long with
+    /// a caught-up learner, if there is one (`"10s"`, `"1m 30s"`: humantime). Absent:
+    /// [`DEFAULT_DEAD_VOTER_AFTER_MS`].
+    #[serde(default = "default_dead_voter_after", with = "humantime_duration")]
+    pub dead_voter_after: Duration,
 }
 
 /// `raft.keep_log_entries` when the file does not say (openraft's own default).
@@ -137,6 +143,39 @@ pub const MAX_RAFT_ENTRY_COUNT: u64 = 1_000_000_000;
 
 fn default_keep_log_entries() -> u64 {
     DEFAULT_KEEP_LOG_ENTRIES
+}
+
+/// `raft.dead_voter_after` when the file does not say. A peer that restarts (start-up and
+/// verifying its chain) is back within a few seconds, and swapping roles for that would be
+/// churn; much longer leaves a group of three one more failure away from losing its quorum.
+pub const DEFAULT_DEAD_VOTER_AFTER_MS: u64 = 10_000;
+/// Below this, `raft.dead_voter_after` would demote voters that are merely slow.
+pub const MIN_DEAD_VOTER_AFTER_MS: u64 = 1_000;
+/// Beyond this, `raft.dead_voter_after` is a typo rather than a setting.
+pub const MAX_DEAD_VOTER_AFTER_MS: u64 = 7 * 24 * 3_600_000;
+
+fn default_dead_voter_after() -> Duration {
+    Duration::from_millis(DEFAULT_DEAD_VOTER_AFTER_MS)
+}
+
+/// A `Duration` as humantime text in the file (`10s`, `1m 30s`, `500ms`).
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as \"10s\" or \"1m 30s\": {e}"
+            ))
+        })
+    }
 }
 
 /// Rules a new group writes into its genesis block; fixed for the group's life.
@@ -176,6 +215,7 @@ impl Default for Config {
                 election_timeout_max_ms: 125,
                 snapshot_every_entries: 10_000,
                 keep_log_entries: DEFAULT_KEEP_LOG_ENTRIES,
+                dead_voter_after: default_dead_voter_after(),
             },
             group: GroupConfig {
                 max_voters: 5,
@@ -270,6 +310,21 @@ impl Config {
             return bad(
                 "raft.keep_log_entries",
                 format!("{} is more than {MAX_RAFT_ENTRY_COUNT}", r.keep_log_entries),
+            );
+        }
+        let dead_ms = u64::try_from(r.dead_voter_after.as_millis()).unwrap_or(u64::MAX);
+        if !(MIN_DEAD_VOTER_AFTER_MS..=MAX_DEAD_VOTER_AFTER_MS).contains(&dead_ms)
+            || dead_ms <= r.election_timeout_max_ms
+        {
+            return bad(
+                "raft.dead_voter_after",
+                format!(
+                    "{} is outside {}..={} or not above raft.election_timeout_max_ms ({} ms)",
+                    humantime::format_duration(r.dead_voter_after),
+                    humantime::format_duration(Duration::from_millis(MIN_DEAD_VOTER_AFTER_MS)),
+                    humantime::format_duration(Duration::from_millis(MAX_DEAD_VOTER_AFTER_MS)),
+                    r.election_timeout_max_ms
+                ),
             );
         }
         if !(1..=MAX_VOTERS_LIMIT).contains(&self.group.max_voters) {
@@ -371,6 +426,13 @@ mod tests {
         c.raft.keep_log_entries = MAX_RAFT_ENTRY_COUNT + 1;
         assert_eq!(field_of(c.validate().unwrap_err()), "raft.keep_log_entries");
         let mut c = Config::default();
+        c.raft.dead_voter_after = Duration::from_millis(MIN_DEAD_VOTER_AFTER_MS - 1);
+        assert_eq!(field_of(c.validate().unwrap_err()), "raft.dead_voter_after");
+        let mut c = Config::default();
+        c.raft.election_timeout_max_ms = 5_000;
+        c.raft.dead_voter_after = Duration::from_secs(5);
+        assert_eq!(field_of(c.validate().unwrap_err()), "raft.dead_voter_after");
+        let mut c = Config::default();
         c.group.max_voters = 0;
         assert_eq!(field_of(c.validate().unwrap_err()), "group.max_voters");
         let mut c = Config::default();
@@ -419,6 +481,26 @@ mod tests {
         let text = SHIPPED.replace("snapshot_every_entries: 10000", "snapshot_every_entries: 0");
         let cfg = Config::from_yaml(&text, Path::new("x.yml")).unwrap();
         assert_eq!(cfg.raft.snapshot_every_entries, 0);
+    }
+
+    #[test]
+    fn dead_voter_after_is_humantime_and_has_a_default() {
+        let text = SHIPPED.replace("dead_voter_after: 10s", "dead_voter_after: 1m 30s");
+        let cfg = Config::from_yaml(&text, Path::new("x.yml")).unwrap();
+        assert_eq!(cfg.raft.dead_voter_after, Duration::from_secs(90));
+        let text = SHIPPED
+            .lines()
+            .filter(|l| !l.contains("dead_voter_after"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::from_yaml(&text, Path::new("x.yml")).unwrap();
+        assert_eq!(
+            cfg.raft.dead_voter_after,
+            Duration::from_millis(DEFAULT_DEAD_VOTER_AFTER_MS)
+        );
+        let text = SHIPPED.replace("dead_voter_after: 10s", "dead_voter_after: soon");
+        let err = Config::from_yaml(&text, Path::new("x.yml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 
     #[test]

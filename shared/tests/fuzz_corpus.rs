@@ -99,7 +99,7 @@ mod seeds {
     use conclave_shared::identity::Identity;
     use conclave_shared::wire::encode_message;
     use conclave_shared::wire::km::{FromKeymanager, KmErrorCode, MemberEntry, ToKeymanager};
-    use conclave_shared::wire::peer::{FromPeer, PeerStatus, ToPeer, WireRole};
+    use conclave_shared::wire::peer::{FromPeer, Head, PeerStatus, SignedHead, ToPeer, WireRole};
     use conclave_shared::wire::proxy::{
         Announcement, FromProxy, GroupStatus, LeaderInfo, MemberInfo, MemberStatus, Rejection,
         SignedAnnouncement, ToProxy,
@@ -260,6 +260,7 @@ mod seeds {
             term: 3,
             head_height: Some(12),
             head_hash: Some(blocks[12].hash.to_hex()),
+            head_mismatches: Vec::new(),
         };
         let to_peer = [
             ToPeer::Admit {
@@ -275,6 +276,18 @@ mod seeds {
                 cert: certs[0].clone(),
                 addr: addr.into(),
             },
+            ToPeer::Head(SignedHead::sign(
+                &alice,
+                &Head {
+                    group_id: [0x42; 16],
+                    node_id: 42,
+                    name: "alice".into(),
+                    height: 12,
+                    hash: blocks[12].hash.0,
+                    time_ms: 1_700_000_000_000,
+                    seq: 3,
+                },
+            )?),
         ];
         let from_peer = [
             FromPeer::Admitted {
@@ -300,6 +313,7 @@ mod seeds {
                 retry: true,
             },
             FromPeer::Left { height: 9 },
+            FromPeer::HeadNoted,
         ];
         let to_peer: Vec<Vec<u8>> = to_peer
             .iter()
@@ -367,6 +381,7 @@ mod seeds {
                     reachable: true,
                     head_height: Some(12),
                     head_hash: None,
+                    head_mismatches: Vec::new(),
                 }],
             }),
             FromProxy::Error {

@@ -35,8 +35,13 @@ pub async fn run(args: StatusArgs, json: bool, config: Config) -> anyhow::Result
         .members
         .iter()
         .map(|m| {
+            let mismatches: Vec<_> = m
+                .head_mismatches
+                .iter()
+                .map(|x| json!({"peer": x.peer, "height": x.height, "ours": x.ours, "theirs": x.theirs}))
+                .collect();
             json!({"name": m.name, "role": m.role, "addr": m.addr, "reachable": m.reachable,
-                   "height": m.head_height, "hash": m.head_hash})
+                   "height": m.head_height, "hash": m.head_hash, "head_mismatches": mismatches})
         })
         .collect();
     event(
@@ -72,6 +77,16 @@ pub async fn run(args: StatusArgs, json: bool, config: Config) -> anyhow::Result
                         .map(|h| &h[..h.len().min(16)])
                         .unwrap_or("-"),
                 ));
+                for x in &m.head_mismatches {
+                    out.push_str(&format!(
+                        "    head_mismatch: {} reports {} at height {}: ours {} theirs {}\n",
+                        m.name,
+                        x.peer,
+                        x.height,
+                        x.ours.get(..16).unwrap_or(&x.ours),
+                        x.theirs.get(..16).unwrap_or(&x.theirs),
+                    ));
+                }
             }
             out.trim_end().to_owned()
         },

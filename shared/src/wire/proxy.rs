@@ -159,4 +159,6 @@ pub struct MemberStatus {
     pub reachable: bool,
     pub head_height: Option<u64>,
     pub head_hash: Option<String>,
+    /// What the member reported: others whose signed head differs from its own chain.
+    pub head_mismatches: Vec<super::peer::HeadMismatch>,
 }

@@ -98,6 +98,7 @@ pub async fn run(args: PeerArgs, json: bool, config: Config) -> anyhow::Result<(
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
         snapshot_every_entries: config.raft.snapshot_every_entries,
         keep_log_entries: config.raft.keep_log_entries,
+        dead_voter_after: config.raft.dead_voter_after,
         rules: Rules {
             max_record_bytes: config.group.max_record_bytes,
             share_history: config.group.share_history,

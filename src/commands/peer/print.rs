@@ -117,6 +117,23 @@ pub fn render(json: bool, e: &Event) -> Option<String> {
             json!({"command": command, "lines": lines}),
             || lines.join("\n"),
         ),
+        Event::HeadMismatch {
+            peer,
+            height,
+            ours,
+            theirs,
+        } => format_event(
+            json,
+            "head_mismatch",
+            json!({"peer": peer, "height": height, "ours": ours, "theirs": theirs}),
+            || {
+                format!(
+                    "warning: {peer} holds another block at height {height} than this member (ours {}, theirs {})",
+                    ours.get(..16).unwrap_or(ours),
+                    theirs.get(..16).unwrap_or(theirs)
+                )
+            },
+        ),
         Event::Error { message } => {
             format_event(json, "error", json!({"message": message}), || {
                 format!("error: {message}")
