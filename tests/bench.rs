@@ -79,7 +79,9 @@ fn every_workload_runs_on_small_sizes_and_reports_its_figures() {
         );
     }
     assert!(
-        done.stdout.iter().any(|l| l.contains("fsync on commit")),
+        done.stdout
+            .iter()
+            .any(|l| l.contains("fsync before acknowledging")),
         "{}",
         done.stdout.join("\n")
     );

@@ -83,7 +83,7 @@ pub fn svg(r: &Report) -> Option<String> {
     let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Commit latency against throughput ({}-byte records, {} members, fsync on commit)</text>"#,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Commit latency against throughput ({}-byte records, {} members, fsync before acknowledging)</text>"#,
         W / 2.0,
         r.record_bytes,
         r.peers

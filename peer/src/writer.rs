@@ -98,8 +98,11 @@ impl Writer {
         // Never reuse a sequence number the chain already holds for us (say, the outbox was
         // restored from an older copy): the chain would take new records for duplicates.
         if let Some(me) = self.chain.member(&self.name) {
-            if let Err(e) = self.outbox.advance_next_seq(me.next_seq) {
-                self.error(format!("cannot update the outbox: {e}")).await;
+            match self.outbox.advance_next_seq(me.next_seq) {
+                // A batch in flight is resent as stored; the chain's dedup answers it, and
+                // what follows it is numbered after it already.
+                Ok(_) | Err(crate::store::StoreError::InflightBusy) => {}
+                Err(e) => self.error(format!("cannot update the outbox: {e}")).await,
             }
         }
         let mut inflight: Option<InFlight> = match self.outbox.inflight() {

@@ -270,6 +270,14 @@ mod seeds {
             ToPeer::Submit {
                 batch: batch.to_canonical(),
             },
+            // The same records signed by a batch key, as peers sign them.
+            ToPeer::Submit {
+                batch: conclave_shared::chain::RecordBatch::sign_with(
+                    &conclave_shared::chain::BatchKey::generate(&alice, &[0x42; 16], "alice")?,
+                    batch.records.clone(),
+                )?
+                .to_canonical(),
+            },
             ToPeer::Status,
             ToPeer::Leave,
             ToPeer::Rejoin {
