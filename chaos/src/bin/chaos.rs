@@ -227,11 +227,13 @@ fn replay_command(args: &Args, seed: u64) -> String {
 /// `--conclave`, else `$CONCLAVE_BIN`, else `conclave` next to this binary, built with cargo
 /// (same profile) if it is not there.
 fn conclave_bin(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p.to_owned());
-    }
-    if let Some(p) = std::env::var_os("CONCLAVE_BIN") {
-        return Ok(PathBuf::from(p));
+    // Processes start in their own directories, so a relative path is made absolute here.
+    let given = flag
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("CONCLAVE_BIN").map(PathBuf::from));
+    if let Some(p) = given {
+        return std::fs::canonicalize(&p)
+            .with_context(|| format!("no conclave binary at {}", p.display()));
     }
     let me = std::env::current_exe().context("where is this binary?")?;
     let dir = me.parent().context("this binary has no directory")?;
