@@ -23,6 +23,8 @@ use crate::liveness::Liveness;
 use crate::rpc::{self, RaftReply, RaftRequest, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 
+/// Calls without a reply in a row after which the connection is dropped and dialled again.
+const SILENT_CALLS_BEFORE_REDIAL: u32 = 2;
 /// How long dialling a member may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// After a failed snapshot transfer the next one to the same member waits this long,
@@ -74,6 +76,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             trust: self.trust.clone(),
             liveness: self.liveness.clone(),
             conn: None,
+            silent_calls: 0,
             snapshot_failures: 0,
             snapshot_failed_at: None,
         }
@@ -88,6 +91,8 @@ pub struct RaftConn {
     trust: MemberTrust,
     liveness: Liveness,
     conn: Option<quinn::Connection>,
+    /// Calls on `conn` in a row that got no reply in time.
+    silent_calls: u32,
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
     snapshot_failures: u32,
     snapshot_failed_at: Option<Instant>,
@@ -176,13 +181,35 @@ impl RaftConn {
                 .ok_or_else(|| CallError::Network("stream closed without a reply".into()))
         };
         match tokio::time::timeout(ttl, exchange).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => {
+                self.silent_calls = 0;
+                Ok(reply)
+            }
             Ok(Err(e)) => {
                 // A broken connection is dialled afresh next time.
                 self.conn = None;
+                self.silent_calls = 0;
                 Err(e)
             }
-            Err(_) => Err(CallError::Network(format!("no reply within {ttl:?}"))),
+            Err(_) => {
+                // A peer killed and restarted on the same address leaves this connection
+                // looking alive: the new process cannot reset it (it lacks the old one's
+                // reset key), so nothing would end it before QUIC's idle timeout (10 s of a
+                // restarted member left behind). Two calls in a row without a reply, and it
+                // is dialled afresh; one late reply under load is not enough.
+                self.silent_calls += 1;
+                if self.silent_calls >= SILENT_CALLS_BEFORE_REDIAL {
+                    if let Some(c) = self.conn.take() {
+                        debug!(
+                            target = self.target,
+                            "no reply twice in a row; dialling afresh"
+                        );
+                        c.close(0u32.into(), b"no reply");
+                    }
+                    self.silent_calls = 0;
+                }
+                Err(CallError::Network(format!("no reply within {ttl:?}")))
+            }
         }
     }
 
