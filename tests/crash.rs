@@ -150,22 +150,6 @@ fn history_of(lives: &[Life], sent: &BTreeSet<String>, chains: &[MemberChain]) -
     History { appends }
 }
 
-/// Waits until the three members are reachable with one head at `height` or above.
-fn wait_caught_up(c: &Cluster, height: u64) {
-    c.wait_status("three members caught up", |s| {
-        let Some(m) = s["members"].as_array() else {
-            return false;
-        };
-        m.len() == PEERS.len()
-            && m.iter().all(|x| {
-                x["reachable"] == true
-                    && x["hash"].is_string()
-                    && x["hash"] == m[0]["hash"]
-                    && x["height"].as_u64() >= Some(height)
-            })
-    });
-}
-
 #[test]
 fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
     let seed = env_number("CONCLAVE_CRASH_SEED").unwrap_or_else(|| {
@@ -183,7 +167,7 @@ fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
     let mut rng = Rng(seed);
 
     let mut c = Cluster::with_peers(PEERS.len());
-    wait_caught_up(&c, 0);
+    c.wait_in_step(PEERS.len(), 0);
     let mut lives = Vec::new();
     let mut sent = BTreeSet::new();
     let started = Instant::now();
@@ -222,12 +206,12 @@ fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
         c.start_peer(victim, Some(dead.addr));
         c.wait_joined(victim);
         let h = highest_acknowledged(&mut c, &lives);
-        wait_caught_up(&c, h);
+        c.wait_in_step(PEERS.len(), h);
     }
 
     // Every member applies everything acknowledged; then all stop cleanly.
     let h = highest_acknowledged(&mut c, &lives);
-    wait_caught_up(&c, h);
+    c.wait_in_step(PEERS.len(), h);
     for p in PEERS {
         let peer = c.peer(p);
         peer.proc.drain();

@@ -33,6 +33,22 @@ fn leader(g: &Group) -> (String, u64) {
     g.leader().expect("a leader once everyone joined")
 }
 
+/// Waits until `old` names a leader other than itself, of `new_term` or later (`new`
+/// leads that term).
+async fn follows_another(g: &Group, old: &str, new: &str, new_term: u64) {
+    let seen = g
+        .wait_event(
+            old,
+            0,
+            "leader",
+            |v| v["name"] != old && v["term"].as_u64().is_some_and(|t| t >= new_term),
+            DEADLINE,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{old} never followed {new} (term {new_term}): {e}"));
+    assert_ne!(seen["name"], old);
+}
+
 /// Waits until each of `peers` names a leader other than `not` at a term above `above`;
 /// returns the leader with the highest term named.
 async fn new_leader(g: &Group, peers: &[String], not: &str, above: u64) -> (String, u64) {
@@ -173,17 +189,7 @@ async fn an_isolated_leader_steps_down_and_the_rest_elect_another() {
 
     g.faults().heal();
     // The old leader hears of the higher term and follows: it names another leader.
-    let seen = g
-        .wait_event(
-            &old,
-            0,
-            "leader",
-            |v| v["name"] != old.as_str() && v["term"].as_u64().is_some_and(|t| t >= new_term),
-            DEADLINE,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{old} never stepped down for {new}: {e}"));
-    assert_ne!(seen["name"], old.as_str());
+    follows_another(&g, &old, &new, new_term).await;
     // And, as a follower, it appends through the new leader.
     commit(&g, &old, "the old leader, now a follower").await;
 }
@@ -295,17 +301,7 @@ async fn a_peer_paused_past_the_election_timeout_rejoins_as_follower() {
     let (new, new_term) = new_leader(&g, &rest, &old, term).await;
     commit(&g, &rest[0], "while the leader is stopped").await;
     g.resume(&old).unwrap();
-    let seen = g
-        .wait_event(
-            &old,
-            0,
-            "leader",
-            |v| v["name"] != old.as_str() && v["term"].as_u64().is_some_and(|t| t >= new_term),
-            DEADLINE,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{old} never followed {new} after SIGCONT: {e}"));
-    assert_ne!(seen["name"], old.as_str());
+    follows_another(&g, &old, &new, new_term).await;
     commit(&g, &old, "back from the pause").await;
     stop_and_check_chains(&mut g).await;
 }

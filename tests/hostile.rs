@@ -452,22 +452,6 @@ fn holds_only(chain: &[StoredBlock], expected: &[(&str, u64)], members: &[&str])
     assert_eq!(admitted, members, "the admissions in the chain");
 }
 
-/// Waits until the `n` members are reachable with the same head, at `height` or above.
-fn wait_in_step(c: &Cluster, n: usize, height: u64) -> serde_json::Value {
-    c.wait_status("members in step", |s| {
-        let Some(m) = s["members"].as_array() else {
-            return false;
-        };
-        m.len() == n
-            && m.iter().all(|x| {
-                x["reachable"] == true
-                    && x["hash"].is_string()
-                    && x["hash"] == m[0]["hash"]
-                    && x["height"].as_u64() >= Some(height)
-            })
-    })
-}
-
 #[test]
 fn a_peers_listeners_refuse_hostile_input_log_it_write_nothing_and_serve_on() {
     let mut c = Cluster::with_peers(3);
@@ -477,7 +461,7 @@ fn a_peers_listeners_refuse_hostile_input_log_it_write_nothing_and_serve_on() {
     });
     c.peer("p2").proc.send_line("before");
     let committed = c.peer("p2").proc.wait_event("committed", |e| e["seq"] == 1);
-    let before = wait_in_step(&c, 3, committed["height"].as_u64().unwrap());
+    let before = c.wait_in_step(3, committed["height"].as_u64().unwrap());
 
     let rt = runtime();
     let p1 = c.peers["p1"].addr;
@@ -709,7 +693,7 @@ fn a_peers_listeners_refuse_hostile_input_log_it_write_nothing_and_serve_on() {
     // The group goes on, and nothing but its members' records was written.
     c.peer("p2").proc.send_line("after");
     let committed = c.peer("p2").proc.wait_event("committed", |e| e["seq"] == 2);
-    wait_in_step(&c, 3, committed["height"].as_u64().unwrap());
+    c.wait_in_step(3, committed["height"].as_u64().unwrap());
     c.stop_all();
     let chains: Vec<_> = ["p1", "p2", "p3"]
         .iter()
@@ -1037,7 +1021,7 @@ fn thousands_of_idle_connections_are_capped_and_real_members_are_still_served() 
     // Nothing was written: the key manager's members, and the chains but for the two lines.
     assert_eq!(rt.block_on(km_entries(&c)), km_before);
     let h = committed["height"].as_u64().unwrap();
-    wait_in_step(&c, 2, h);
+    c.wait_in_step(2, h);
     c.stop_all();
     let chains: Vec<_> = ["p1", "p2"].iter().map(|n| (*n, c.chain_of(n))).collect();
     assert_same_chains(&chains);

@@ -162,6 +162,22 @@ impl Cluster {
         panic!("status never showed {what}; last: {last:#}\n{logs}");
     }
 
+    /// Waits until `n` members are reachable with one head at `height` or above.
+    pub fn wait_in_step(&self, n: usize, height: u64) -> Value {
+        self.wait_status("members in step", |s| {
+            let Some(m) = s["members"].as_array() else {
+                return false;
+            };
+            m.len() == n
+                && m.iter().all(|x| {
+                    x["reachable"] == true
+                        && x["hash"].is_string()
+                        && x["hash"] == m[0]["hash"]
+                        && x["height"].as_u64() >= Some(height)
+                })
+        })
+    }
+
     /// Runs `conclave verify`-like checking in-process is not possible from here; this reads
     /// a stopped peer's chain with the library instead.
     pub fn root_key(&self) -> PathBuf {
