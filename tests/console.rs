@@ -6,19 +6,6 @@ mod harness;
 use harness::cluster::Cluster;
 use serde_json::Value;
 
-/// Asks `question` on `peer` and returns the lines of its `info` answer.
-fn ask(c: &mut Cluster, peer: &str, question: &str, command: &str) -> Vec<String> {
-    let p = c.peer(peer);
-    p.proc.send_line(question);
-    let ev = p.proc.wait_event("info", |e| e["command"] == command);
-    ev["lines"]
-        .as_array()
-        .expect("info lines")
-        .iter()
-        .map(|l| l.as_str().expect("a line is a string").to_owned())
-        .collect()
-}
-
 fn line_with<'a>(lines: &'a [String], word: &str) -> &'a str {
     lines
         .iter()
@@ -37,7 +24,7 @@ fn console_questions_are_answered() {
         .proc
         .wait_event("record", |e| e["text"] == "hello from p1");
 
-    let members = ask(&mut c, "p2", "/members", "members");
+    let members = c.ask("p2", "/members", "members");
     let p1 = line_with(&members, "p1");
     let p2 = line_with(&members, "p2");
     assert!(p1.contains("voter"), "{members:#?}");
@@ -47,13 +34,13 @@ fn console_questions_are_answered() {
         "{members:#?}"
     );
 
-    let leader = ask(&mut c, "p2", "/leader", "leader");
+    let leader = c.ask("p2", "/leader", "leader");
     assert!(
         leader.iter().any(|l| l.starts_with("leader p1, term ")),
         "{leader:#?}"
     );
 
-    let chain = ask(&mut c, "p2", "/chain 5", "chain");
+    let chain = c.ask("p2", "/chain 5", "chain");
     assert!(chain.len() <= 5 + 1, "{chain:#?}");
     let record = chain
         .iter()
@@ -64,13 +51,13 @@ fn console_questions_are_answered() {
         "{record}"
     );
 
-    let verify = ask(&mut c, "p2", "/verify", "verify");
+    let verify = c.ask("p2", "/verify", "verify");
     assert!(
         verify.len() == 1 && verify[0].starts_with("OK: "),
         "{verify:#?}"
     );
 
-    let status = ask(&mut c, "p2", "/status", "status");
+    let status = c.ask("p2", "/status", "status");
     let joined = status.join("\n");
     assert!(joined.contains("p2"), "{status:#?}");
     assert!(
@@ -80,7 +67,7 @@ fn console_questions_are_answered() {
     );
     assert!(line_with(&status, "leader").contains("p1"), "{status:#?}");
 
-    let help = ask(&mut c, "p2", "/help", "help");
+    let help = c.ask("p2", "/help", "help");
     for cmd in [
         "/members", "/leader", "/chain", "/verify", "/status", "/leave", "/exit",
     ] {

@@ -38,19 +38,6 @@ fn roles(s: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Asks `question` on `peer` and returns the lines of its `info` answer.
-fn ask(c: &mut Cluster, peer: &str, question: &str, command: &str) -> Vec<String> {
-    let p = c.peer(peer);
-    p.proc.send_line(question);
-    let ev = p.proc.wait_event("info", |e| e["command"] == command);
-    ev["lines"]
-        .as_array()
-        .expect("info lines")
-        .iter()
-        .map(|l| l.as_str().expect("a line is a string").to_owned())
-        .collect()
-}
-
 fn line_of<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
     lines
         .iter()
@@ -67,7 +54,7 @@ fn wait_members(
 ) -> Vec<String> {
     let until = Instant::now() + DEADLINE;
     loop {
-        let lines = ask(c, peer, "/members", "members");
+        let lines = c.ask(peer, "/members", "members");
         if pred(&lines) {
             return lines;
         }
@@ -219,7 +206,7 @@ fn a_member_whose_stored_chain_is_altered_is_reported_by_the_others() {
                     .is_some_and(|x| x.iter().any(|x| x["peer"] == "p3"))
             })
     });
-    let status = ask(&mut c, "p1", "/status", "status");
+    let status = c.ask("p1", "/status", "status");
     assert!(
         status
             .iter()

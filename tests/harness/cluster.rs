@@ -162,6 +162,20 @@ impl Cluster {
         panic!("status never showed {what}; last: {last:#}\n{logs}");
     }
 
+    /// Asks `question` on `peer` (a console command) and returns the lines of its `info`
+    /// answer for `command`.
+    pub fn ask(&mut self, peer: &str, question: &str, command: &str) -> Vec<String> {
+        let p = self.peer(peer);
+        p.proc.send_line(question);
+        let ev = p.proc.wait_event("info", |e| e["command"] == command);
+        ev["lines"]
+            .as_array()
+            .expect("info lines")
+            .iter()
+            .map(|l| l.as_str().expect("a line is a string").to_owned())
+            .collect()
+    }
+
     /// Waits until `n` members are reachable with one head at `height` or above.
     pub fn wait_in_step(&self, n: usize, height: u64) -> Value {
         self.wait_status("members in step", |s| {

@@ -95,7 +95,10 @@ impl Outbox {
     /// Makes every earlier commit to this database durable (those of the outbox and of the
     /// applied chain that skip the fsync).
     pub fn sync(&self) -> Result<(), StoreError> {
-        super::sync::durable_commit(&self.db)
+        let tx = self.db.begin_write().db()?;
+        set_counter(&tx, counter(&tx)?)?;
+        tx.commit().db()?;
+        Ok(())
     }
 
     /// The `seq` the next enqueued record gets (1 for a member's first record).
