@@ -53,6 +53,23 @@ struct Life {
     events: Vec<Value>,
 }
 
+/// Writes every life's events and the stderr of `procs` into the group's directory, so that
+/// a failed run kept with `CONCLAVE_KEEP_FAILED` can be read afterwards.
+fn record_lives(c: &Cluster, lives: &[Life], stderrs: &[(String, String)]) {
+    let dir = c.path().join("lives");
+    let _ = std::fs::create_dir_all(&dir);
+    for (i, life) in lives.iter().enumerate() {
+        let text: Vec<String> = life.events.iter().map(|e| e.to_string()).collect();
+        let _ = std::fs::write(
+            dir.join(format!("{i:02}-{}.events", life.name)),
+            text.join("\n"),
+        );
+    }
+    for (i, (name, err)) in stderrs.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("{i:02}-{name}.stderr")), err);
+    }
+}
+
 /// The highest height any acknowledgement named, over `lives` and the running peers.
 fn highest_acknowledged(c: &mut Cluster, lives: &[Life]) -> u64 {
     let mut running = Vec::new();
@@ -169,6 +186,7 @@ fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
     let mut c = Cluster::with_peers(PEERS.len());
     c.wait_in_step(PEERS.len(), 0);
     let mut lives = Vec::new();
+    let mut stderrs = Vec::new();
     let mut sent = BTreeSet::new();
     let started = Instant::now();
 
@@ -183,6 +201,7 @@ fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
         }
         // Whatever it was doing, mid-batch or mid-append, it dies now.
         let dead = c.kill9_and_read(victim);
+        stderrs.push((victim.to_owned(), dead.proc.stderr()));
         lives.push(Life {
             name: victim.to_owned(),
             events: dead.proc.seen_events(),
@@ -220,7 +239,14 @@ fn kill_9_while_appending_loses_nothing_acknowledged_and_doubles_nothing() {
             events: peer.proc.seen_events(),
         });
     }
-    c.stop_all();
+    for p in PEERS {
+        let mut peer = c.peers.remove(p).expect("a running peer");
+        let status = peer.proc.terminate();
+        std::thread::sleep(Duration::from_millis(100));
+        stderrs.push((p.to_owned(), peer.proc.stderr()));
+        record_lives(&c, &lives, &stderrs);
+        assert_eq!(status.code(), Some(0), "{p} did not stop cleanly");
+    }
 
     let root = conclave_shared::identity::PublicKey::load_pem(&c.root_key()).unwrap();
     let chains: Vec<MemberChain> = PEERS

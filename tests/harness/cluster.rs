@@ -26,6 +26,29 @@ pub struct Cluster {
     pub peers: BTreeMap<String, Peer>,
 }
 
+/// With `CONCLAVE_KEEP_FAILED=DIR` set, a test that fails leaves a copy of its group's data
+/// (stores, logs) in `DIR`, for reading after the run (the temporary directory itself goes).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let Some(keep) = std::env::var_os("CONCLAVE_KEEP_FAILED") else {
+            return;
+        };
+        if !std::thread::panicking() {
+            return;
+        }
+        for p in self.peers.values_mut() {
+            p.proc.kill9();
+        }
+        let to = PathBuf::from(keep).join(format!("cluster-{}", std::process::id()));
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(self.dir.path())
+            .arg(&to)
+            .status();
+        eprintln!("kept the group's data in {} ({copied:?})", to.display());
+    }
+}
+
 impl Cluster {
     /// A key manager and a proxy, no peers yet.
     pub fn servers() -> Self {
