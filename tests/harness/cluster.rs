@@ -24,6 +24,9 @@ pub struct Cluster {
     pub proxy: Proc,
     pub proxy_addr: SocketAddr,
     pub peers: BTreeMap<String, Peer>,
+    /// When a member last lost what it held in memory (killed or stopped): the proxy's
+    /// status rounds from before then may show heads it no longer has (see `wait_in_step`).
+    pub lost_state_at: Option<Instant>,
 }
 
 /// With `CONCLAVE_KEEP_FAILED=DIR` set, a test that fails leaves a copy of its group's data
@@ -78,6 +81,7 @@ impl Cluster {
             proxy,
             proxy_addr,
             peers: BTreeMap::new(),
+            lost_state_at: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl Cluster {
             .remove(name)
             .unwrap_or_else(|| panic!("no peer {name}"));
         p.proc.kill9();
+        self.lost_state_at = Some(Instant::now());
         p.addr
     }
 
@@ -200,7 +205,16 @@ impl Cluster {
     }
 
     /// Waits until `n` members are reachable with one head at `height` or above.
+    ///
+    /// The proxy answers from a probe round up to `STATUS_CACHE_MS` old. A member killed
+    /// and restarted within that time may be shown with the head its old life had applied
+    /// (and not made durable), so after a kill or stop only rounds certainly probed later
+    /// count.
     pub fn wait_in_step(&self, n: usize, height: u64) -> Value {
+        if let Some(at) = self.lost_state_at {
+            let fresh = at + Duration::from_millis(conclave_proxy::STATUS_CACHE_MS + 50);
+            std::thread::sleep(fresh.saturating_duration_since(Instant::now()));
+        }
         self.wait_status("members in step", |s| {
             let Some(m) = s["members"].as_array() else {
                 return false;
@@ -243,6 +257,7 @@ impl Cluster {
             .remove(name)
             .unwrap_or_else(|| panic!("no peer {name}"));
         let status = p.proc.terminate();
+        self.lost_state_at = Some(Instant::now());
         assert_eq!(
             status.code(),
             Some(0),
@@ -426,6 +441,7 @@ impl Cluster {
             .remove(name)
             .unwrap_or_else(|| panic!("no peer {name}"));
         p.proc.kill9();
+        self.lost_state_at = Some(Instant::now());
         // stdout is closed once the process is gone: this ends at its last line.
         while p.proc.next_line(Duration::from_millis(500)).is_some() {}
         p
