@@ -18,6 +18,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the raft log file {path} failed: {source}")]
+    Wal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the peer database failed: {0}")]
     Db(#[from] redb::Error),
     #[error(

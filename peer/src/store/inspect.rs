@@ -22,7 +22,9 @@ use thiserror::Error;
 use super::error::{DbResult, StoreError};
 use super::reader::{MAX_BLOCKS_PER_READ, MAX_BLOCK_READ_BYTES};
 use super::replay::decode_block;
-use super::schema::{BLOCKS, DB_FILE, FORMAT_KEY, META, STORE_FORMAT_VERSION};
+use super::schema::{
+    BLOCKS, DB_FILE, FORMAT_KEY, META, OLDEST_FORMAT_VERSION, STORE_FORMAT_VERSION,
+};
 
 /// Why a stored chain cannot be opened for reading.
 #[derive(Debug, Error)]
@@ -128,7 +130,7 @@ impl BlockFile {
             Err(e) => return Err(StoreError::Db(e.into()).into()),
         };
         match meta.get(FORMAT_KEY).db()?.map(|v| v.value()) {
-            Some(STORE_FORMAT_VERSION) => {}
+            Some(OLDEST_FORMAT_VERSION..=STORE_FORMAT_VERSION) => {}
             Some(found) => {
                 return Err(StoreError::UnknownFormat {
                     path,

@@ -1,16 +1,13 @@
-//! The Raft log and the vote: openraft's `RaftLogStorage` over redb.
+//! The Raft log and the vote: openraft's `RaftLogStorage`. The entries live in the
+//! write-ahead log (`wal/`); the vote, the committed hint and the last purged id in redb.
 //!
-//! An append is committed at once without an fsync (`Durability::None`), so openraft can read
-//! the entries and start replicating them while they are made durable; the store's syncer
-//! (`sync.rs`) then makes them durable with one `Durability::Immediate` commit (redb persists
-//! every earlier non-durable commit with it) and only then tells openraft they are flushed.
-//! Appends (and outbox batches) that arrive while an fsync runs share the next one. Before this, the leader's
-//! fsync had to finish before replication began, so a write waited for two fsyncs in a row
-//! (the leader's, then the followers'), not two at once.
-//!
-//! A crash loses only appends that were never reported flushed, which Raft allows. Votes,
-//! truncations and purges are committed durably before they return. Work runs on the
-//! blocking pool (or the syncer's thread) so that an fsync never holds up the runtime.
+//! An append is written at once without an fsync, so openraft can read the entries and
+//! start replicating them while they are made durable; the WAL's flusher then makes them
+//! durable with one `fdatasync` and only then tells openraft they are flushed. Appends that
+//! arrive while a sync runs share the next one. A crash loses only appends that were never
+//! reported flushed, which Raft allows. Votes, truncations and purges are durable before
+//! they return. Work runs on the blocking pool (or the flusher's thread) so that an fsync
+//! never holds up the runtime.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -18,13 +15,14 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 
 use super::blocking;
-use super::disk::{decode, encode, get_meta, MAX_ENTRY_BYTES};
+use super::disk::{encode, get_meta};
 use super::error::{DbResult, StoreError};
-use super::schema::{COMMITTED, LAST_PURGED, RAFT_LOG, RAFT_META, VOTE};
+use super::schema::{COMMITTED, LAST_PURGED, RAFT_META, VOTE};
 use super::sync::Syncer;
+use super::wal::{Flusher, Wal};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The most entries one bounded read returns (`limited_get_log_entries`).
@@ -36,84 +34,28 @@ pub const MAX_LOG_READ_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    wal: Arc<Wal>,
+    flusher: Flusher,
     syncer: Syncer,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>, syncer: Syncer) -> Self {
-        Self { db, syncer }
-    }
-}
-
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
-    let entry: Entry = decode::<_, MAX_ENTRY_BYTES>(bytes, "raft log entry")?;
-    if entry.log_id.index != index {
-        return Err(StoreError::corrupt(
-            "raft log entry",
-            format!("entry {} is stored at index {index}", entry.log_id),
-        ));
-    }
-    Ok(entry)
-}
-
-fn read_entries(
-    db: &Database,
-    range: (Bound<u64>, Bound<u64>),
-    max_entries: usize,
-    max_bytes: usize,
-) -> Result<Vec<Entry>, StoreError> {
-    if is_empty_range(&range) {
-        return Ok(Vec::new());
-    }
-    let tx = db.begin_read().db()?;
-    let table = tx.open_table(RAFT_LOG).db()?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for row in table.range(range).db()? {
-        let (k, v) = row.db()?;
-        let len = v.value().len();
-        if !out.is_empty() && (out.len() >= max_entries || bytes.saturating_add(len) > max_bytes) {
-            break;
+    pub(crate) fn new(db: Arc<Database>, wal: Arc<Wal>, syncer: Syncer) -> Self {
+        let flusher = Flusher::new(&wal);
+        Self {
+            db,
+            wal,
+            flusher,
+            syncer,
         }
-        bytes = bytes.saturating_add(len);
-        out.push(decode_entry(k.value(), v.value())?);
-    }
-    Ok(out)
-}
-
-/// Whether no index lies in `range` (redb, like `BTreeMap`, must not see start > end).
-fn is_empty_range(range: &(Bound<u64>, Bound<u64>)) -> bool {
-    let start = match range.0 {
-        Bound::Included(s) => s,
-        Bound::Excluded(s) => match s.checked_add(1) {
-            Some(s) => s,
-            None => return true,
-        },
-        Bound::Unbounded => 0,
-    };
-    match range.1 {
-        Bound::Included(e) => start > e,
-        Bound::Excluded(e) => start >= e,
-        Bound::Unbounded => false,
     }
 }
 
-fn owned_range<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
-    (range.start_bound().cloned(), range.end_bound().cloned())
-}
-
-fn log_state(db: &Database) -> Result<LogState<TypeConfig>, StoreError> {
-    let tx = db.begin_read().db()?;
-    let meta = tx.open_table(RAFT_META).db()?;
-    let last_purged: Option<LogId> = get_meta(&meta, LAST_PURGED)?;
-    let log = tx.open_table(RAFT_LOG).db()?;
-    let last = match log.last().db()? {
-        Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-        None => None,
-    };
+fn log_state(db: &Database, wal: &Wal) -> Result<LogState<TypeConfig>, StoreError> {
+    let last_purged: Option<LogId> = read_meta(db, LAST_PURGED)?;
     Ok(LogState {
         last_purged_log_id: last_purged,
-        last_log_id: last.or(last_purged),
+        last_log_id: wal.last_log_id().max(last_purged),
     })
 }
 
@@ -130,62 +72,13 @@ fn put_meta(
     Ok(())
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
     db: &Database,
     key: &'static str,
 ) -> Result<Option<T>, StoreError> {
     let tx = db.begin_read().db()?;
     let meta = tx.open_table(RAFT_META).db()?;
     get_meta(&meta, key)
-}
-
-/// Commits `entries` without an fsync; the syncer makes them durable.
-fn append_entries(db: &Database, entries: &[Entry]) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().db()?;
-    tx.set_durability(Durability::None).db()?;
-    {
-        let mut log = tx.open_table(RAFT_LOG).db()?;
-        for entry in entries {
-            let bytes = encode(entry, "raft log entry")?;
-            // Refused here rather than written: an entry we could not read back would stop
-            // this peer at its next start.
-            if bytes.len() > MAX_ENTRY_BYTES {
-                return Err(StoreError::Encode {
-                    what: "raft log entry",
-                    why: format!(
-                        "entry {} is {} bytes, more than {MAX_ENTRY_BYTES}",
-                        entry.log_id,
-                        bytes.len()
-                    ),
-                });
-            }
-            log.insert(entry.log_id.index, bytes.as_slice()).db()?;
-        }
-    }
-    tx.commit().db()?;
-    Ok(())
-}
-
-/// Deletes the entries at `range` in one transaction; with `purged`, records it too.
-fn delete_entries(
-    db: &Database,
-    range: (Bound<u64>, Bound<u64>),
-    purged: Option<&LogId>,
-) -> Result<(), StoreError> {
-    let tx = db.begin_write().db()?;
-    {
-        if let Some(purged) = purged {
-            let bytes = encode(purged, "last purged log id")?;
-            let mut meta = tx.open_table(RAFT_META).db()?;
-            meta.insert(LAST_PURGED, bytes.as_slice()).db()?;
-        }
-        if !is_empty_range(&range) {
-            let mut log = tx.open_table(RAFT_LOG).db()?;
-            log.retain_in(range, |_, _| false).db()?;
-        }
-    }
-    tx.commit().db()?;
-    Ok(())
 }
 
 fn read_err(e: StoreError) -> StorageError {
@@ -200,9 +93,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let db = self.db.clone();
-        let range = owned_range(&range);
-        blocking(move || read_entries(&db, range, usize::MAX, usize::MAX))
+        let wal = self.wal.clone();
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        blocking(move || wal.read(range, usize::MAX, usize::MAX))
             .await
             .map_err(read_err)
     }
@@ -214,9 +107,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let db = self.db.clone();
+        let wal = self.wal.clone();
         let range = (Bound::Included(start), Bound::Excluded(end));
-        blocking(move || read_entries(&db, range, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES))
+        blocking(move || wal.read(range, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES))
             .await
             .map_err(read_err)
     }
@@ -227,7 +120,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let db = self.db.clone();
-        blocking(move || log_state(&db)).await.map_err(read_err)
+        let wal = self.wal.clone();
+        blocking(move || log_state(&db, &wal))
+            .await
+            .map_err(read_err)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -238,9 +134,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let bytes =
             encode(vote, "vote").map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))?;
-        blocking(move || put_meta(&db, VOTE, &bytes, Durability::Immediate))
-            .await
-            .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))
+        let syncer = self.syncer.clone();
+        // A durable commit persists the state machine's earlier commits too, which must
+        // never get ahead of the log they were applied from: the WAL is synced first.
+        blocking(move || {
+            syncer.sync_wal()?;
+            put_meta(&db, VOTE, &bytes, Durability::Immediate)
+        })
+        .await
+        .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -279,11 +181,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let db = self.db.clone();
-        match blocking(move || append_entries(&db, &entries)).await {
+        let wal = self.wal.clone();
+        match blocking(move || wal.append(&entries)).await {
             Ok(()) => {
-                // Readable now; reported flushed once the syncer's fsync is done.
-                self.syncer.raft(callback).map_err(write_err)
+                // Readable now; reported flushed once the flusher's fdatasync is done.
+                self.flusher.raft(callback).map_err(write_err)
             }
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
@@ -293,33 +195,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        let range = (Bound::Included(log_id.index), Bound::Unbounded);
-        blocking(move || delete_entries(&db, range, None))
+        let wal = self.wal.clone();
+        blocking(move || wal.truncate(log_id.index))
             .await
             .map_err(write_err)
     }
 
+    /// Records the purge durably first, with everything the state machine applied before it
+    /// (its commits skip the fsync; the entries they came from are about to go), then lets
+    /// the WAL delete what it no longer needs.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let db = self.db.clone();
-        let range = (Bound::Unbounded, Bound::Included(log_id.index));
-        blocking(move || delete_entries(&db, range, Some(&log_id)))
-            .await
-            .map_err(write_err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_ranges_are_recognised() {
-        use Bound::*;
-        assert!(is_empty_range(&(Included(3), Excluded(3))));
-        assert!(is_empty_range(&(Included(5), Included(4))));
-        assert!(is_empty_range(&(Excluded(u64::MAX), Unbounded)));
-        assert!(!is_empty_range(&(Included(3), Included(3))));
-        assert!(!is_empty_range(&(Unbounded, Unbounded)));
+        let wal = self.wal.clone();
+        let syncer = self.syncer.clone();
+        blocking(move || {
+            let bytes = encode(&log_id, "last purged log id")?;
+            syncer.sync_wal()?;
+            put_meta(&db, LAST_PURGED, &bytes, Durability::Immediate)?;
+            wal.purge(log_id.index)
+        })
+        .await
+        .map_err(write_err)
     }
 }

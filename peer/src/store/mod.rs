@@ -1,6 +1,7 @@
-//! The peer's durable state: one redb file holding the Raft log, the chain and the outbox.
+//! The peer's durable state: the Raft log's entries in a write-ahead log (`DIR/wal/`), and
+//! one redb file (`DIR/peer.redb`) holding the vote, the chain and the outbox.
 //!
-//! [`Store::open`] opens `DIR/peer.redb`, refuses an unknown format version, replays every
+//! [`Store::open`] opens both, refuses an unknown format version, replays every
 //! stored block through the chain verifier under the group's root key (a damaged or altered
 //! file is refused, naming the first bad height) and hands out the pieces:
 //!
@@ -21,7 +22,8 @@
 //!   building, checking and installing. `spool`: snapshot files ([`SnapshotFile`], openraft's
 //!   snapshot data). `inbox`: [`SnapshotInbox`], receiving and verifying another member's.
 //! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
-//! - `sync`: group commit: one fsync for everyone waiting (Raft log appends, outbox).
+//! - `wal`: the Raft log's entries, append-only segment files with group commit.
+//! - `sync`: group commit for redb: one fsync for everyone waiting (outbox, applied chain).
 //! - `error`: [`StoreError`].
 //! - [`inspect`]: a stopped peer's blocks, read-only and unverified, for `conclave verify`
 //!   and `conclave chain`.
@@ -40,6 +42,7 @@ mod snapshot;
 mod spool;
 mod state_machine;
 mod sync;
+mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -82,16 +85,33 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = Arc::new(schema::open_db(&dir.join(DB_FILE))?);
+        let (db, found) = schema::open_db(&dir.join(DB_FILE))?;
+        let db = Arc::new(db);
+        let purged: Option<crate::types::LogId> = log::read_meta(&db, schema::LAST_PURGED)?;
+        let wal = wal::Wal::open(
+            &dir.join(wal::WAL_DIR),
+            purged.map(|p| p.index),
+            wal::SEGMENT_BYTES,
+        )?;
+        if found < STORE_FORMAT_VERSION {
+            schema::migrate_log(&db, &wal)?;
+        }
         let state = replay::recover(&db, &root)?;
         let spool = spool::Spool::open(dir)?;
         let root = Arc::new(root);
         let (view_tx, view_rx) = watch::channel(ChainView::of(&state));
         let inbox = SnapshotInbox::new(spool.clone(), root.clone());
-        let syncer = sync::Syncer::new(&db);
+        let syncer = sync::Syncer::new(&db, &wal);
         Ok(Store {
-            log: LogStore::new(db.clone(), syncer.clone()),
-            state_machine: StateMachineStore::new(db.clone(), root.clone(), state, spool, view_tx),
+            log: LogStore::new(db.clone(), wal, syncer.clone()),
+            state_machine: StateMachineStore::new(
+                db.clone(),
+                root.clone(),
+                state,
+                spool,
+                view_tx,
+                syncer.clone(),
+            ),
             chain: ChainReader::new(db.clone(), root, view_rx, inbox),
             outbox: Outbox::new(db, syncer),
         })

@@ -95,6 +95,7 @@ impl Outbox {
     /// Makes every earlier commit to this database durable (those of the outbox and of the
     /// applied chain that skip the fsync).
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.syncer.sync_wal()?;
         let tx = self.db.begin_write().db()?;
         set_counter(&tx, counter(&tx)?)?;
         tx.commit().db()?;
@@ -181,7 +182,7 @@ impl Outbox {
     /// exactly those records in order. Blocking; the writer uses [`Outbox::store_inflight`].
     pub fn set_inflight(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
         self.set_inflight_lazily(batch, seqs)?;
-        super::sync::durable_commit(&self.db)
+        self.syncer.durable_now(&self.db)
     }
 
     /// [`Outbox::set_inflight`] without blocking on the fsync: the commit skips it, and the

@@ -3,8 +3,8 @@
 //! `apply` decides every entry of the call in memory first (see `apply`: decoding, RSA
 //! checks) on the blocking pool, then writes all blocks, dedup keys and the applied
 //! pointers in one write transaction. The deciding happens before the write transaction
-//! opens because redb has a single writer, shared with the Raft log: appends must not wait
-//! for signature checks.
+//! opens because redb has a single writer, shared with the outbox: the author's writes must
+//! not wait for signature checks.
 //!
 //! The in-memory state moves into the blocking task and back, so no lock is held across an
 //! `.await`. If the task fails (a panic, or the disk refusing the commit) the memory may be
@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use conclave_shared::chain::StoredBlock;
 use conclave_shared::codec::Canonical;
@@ -32,6 +33,7 @@ use super::reader::ChainView;
 use super::schema::{BLOCKS, DEDUP, LAST_APPLIED, LAST_MEMBERSHIP, SM_META};
 use super::snapshot::{self, SnapshotBuilder, SnapshotSlot};
 use super::spool::{SnapshotFile, Spool};
+use super::sync::Syncer;
 use crate::types::{
     Applied, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -49,7 +51,14 @@ pub struct StateMachineStore {
     /// Snapshots installed since the store opened, and the head height of the last one: told
     /// to readers with every view (see [`ChainView::snapshots_installed`]).
     installed: (u64, Option<u64>),
+    /// Applied blocks skip the fsync; about once a second the syncer is asked to make them
+    /// durable, so that a restart replays at most that much of the log.
+    syncer: Syncer,
+    nudged: Instant,
 }
+
+/// How often applied blocks are made durable in the background.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 impl StateMachineStore {
     pub(crate) fn new(
@@ -58,6 +67,7 @@ impl StateMachineStore {
         state: SmState,
         spool: Spool,
         view: watch::Sender<ChainView>,
+        syncer: Syncer,
     ) -> Self {
         Self {
             db,
@@ -67,6 +77,8 @@ impl StateMachineStore {
             spool,
             view,
             installed: (0, None),
+            syncer,
+            nudged: Instant::now(),
         }
     }
 
@@ -116,8 +128,8 @@ fn apply_entries(
         }
     }
     // No fsync: the Raft log holds every applied entry durably, and a crash that loses this
-    // commit rolls `last applied` back with it, so openraft applies the entries again. Any
-    // durable commit (a log append, a purge, a vote) makes this one durable too.
+    // commit rolls `last applied` back with it, so openraft applies the entries again. The
+    // next durable commit (the syncer's, a purge's, a vote's) makes this one durable too.
     let mut tx = db.begin_write().db()?;
     tx.set_durability(redb::Durability::None).db()?;
     {
@@ -176,6 +188,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         match joined {
             Ok((state, Ok(replies))) => {
                 self.settle(state);
+                if self.nudged.elapsed() >= DURABLE_EVERY {
+                    self.nudged = Instant::now();
+                    self.syncer.nudge();
+                }
                 Ok(replies)
             }
             // The memory may be ahead of the disk: keep neither (see module docs).

@@ -1,66 +1,75 @@
-//! Group commit for the peer's one redb file: whoever needs its earlier writes durable (the
-//! Raft log after an append, the outbox before a batch is sent) asks the syncer, and one
+//! Group commit for the peer's redb file: whoever needs its earlier writes durable (the
+//! outbox before a batch is sent, the state machine now and then) asks the syncer, and one
 //! `Durability::Immediate` commit serves everyone who asked before it began. redb persists
 //! every earlier non-durable commit with a durable one, so the writes themselves skip the
 //! fsync. On this machine a durable redb commit costs about as much as the rest of a write's
 //! path together, and several writers' requests often share one.
+//!
+//! Every durable commit here syncs the Raft log (`wal/`) first: the state machine's commits
+//! it persists were applied from log entries, and a restart must never find the chain ahead
+//! of the log it came from (when both were in redb, commit order gave this for free).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Weak};
 
-use openraft::storage::LogFlushed;
 use redb::{Database, Durability};
 
 use super::error::{DbResult, StoreError};
-use crate::types::TypeConfig;
+use super::wal::Wal;
 
-/// Someone waiting for durability.
-enum Waiter {
-    /// openraft, after an append: told through its callback.
-    Raft(LogFlushed<TypeConfig>),
-    /// Anyone else.
-    Notify(tokio::sync::oneshot::Sender<Result<(), String>>),
-}
+/// Someone waiting for durability (a dropped receiver only asked for it to happen soon).
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// A handle on the syncer thread. Cheap to clone; the thread ends with the last handle.
 #[derive(Clone)]
 pub(crate) struct Syncer {
     waiting: Sender<Waiter>,
+    wal: Weak<Wal>,
 }
 
 impl Syncer {
-    pub(crate) fn new(db: &Arc<Database>) -> Self {
+    pub(crate) fn new(db: &Arc<Database>, wal: &Arc<Wal>) -> Self {
         let (waiting, rx) = channel();
-        // A weak handle, so that the database closes when its users drop it (a reopen must
-        // not find it still open).
+        // Weak handles, so that the files close when their users drop them (a reopen must
+        // not find the database still open).
         let db = Arc::downgrade(db);
+        let wal = Arc::downgrade(wal);
+        let thread_wal = wal.clone();
         let spawned = std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || run(&db, &rx));
+            .spawn(move || run(&db, &thread_wal, &rx));
         if let Err(e) = spawned {
             // Without it nothing is ever reported durable: Raft and the writer stall, loudly.
             tracing::error!("cannot start the store's sync thread: {e}");
         }
-        Self { waiting }
+        Self { waiting, wal }
     }
 
-    /// Calls `callback` once every commit made before this call is durable.
-    pub(crate) fn raft(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StoreError> {
-        self.waiting.send(Waiter::Raft(callback)).map_err(|unsent| {
-            if let Waiter::Raft(cb) = unsent.0 {
-                cb.log_io_completed(Err(std::io::Error::other(
-                    "the store's sync thread stopped",
-                )));
-            }
-            StoreError::Task("the store's sync thread stopped".into())
-        })
+    /// Makes the Raft log's appends durable, before a durable commit of the database.
+    pub(crate) fn sync_wal(&self) -> Result<(), StoreError> {
+        match self.wal.upgrade() {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// A durable commit now, on this thread (the WAL first).
+    pub(crate) fn durable_now(&self, db: &Database) -> Result<(), StoreError> {
+        self.sync_wal()?;
+        durable_commit(db)
+    }
+
+    /// Asks for a durable commit soon, without waiting for it.
+    pub(crate) fn nudge(&self) {
+        let (tx, _) = tokio::sync::oneshot::channel();
+        let _ = self.waiting.send(tx);
     }
 
     /// Returns once every commit made before this call is durable.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting
-            .send(Waiter::Notify(tx))
+            .send(tx)
             .map_err(|_| StoreError::Task("the store's sync thread stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Task("the store's sync thread stopped".into()))?
@@ -68,34 +77,32 @@ impl Syncer {
     }
 }
 
-fn run(db: &Weak<Database>, waiting: &Receiver<Waiter>) {
+fn run(db: &Weak<Database>, wal: &Weak<Wal>, waiting: &Receiver<Waiter>) {
     while let Ok(first) = waiting.recv() {
         let mut batch = vec![first];
         batch.extend(waiting.try_iter());
         // Every waiter's writes committed before it queued itself, so this commit, which
         // begins after, persists all of them.
+        let wal_synced = match wal.upgrade() {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        };
         let result = match db.upgrade() {
-            Some(db) => durable_commit(&db).map_err(|e| {
+            Some(db) => wal_synced.and_then(|()| durable_commit(&db)).map_err(|e| {
                 tracing::error!("cannot make the store durable: {e}");
                 e.to_string()
             }),
             None => Err("the store is closed".to_string()),
         };
         for w in batch {
-            match w {
-                Waiter::Raft(cb) => {
-                    cb.log_io_completed(result.clone().map_err(std::io::Error::other))
-                }
-                Waiter::Notify(tx) => {
-                    let _ = tx.send(result.clone());
-                }
-            }
+            let _ = w.send(result.clone());
         }
     }
 }
 
-/// An empty durable commit: redb persists every non-durable commit before it.
-pub(crate) fn durable_commit(db: &Database) -> Result<(), StoreError> {
+/// An empty durable commit: redb persists every non-durable commit before it. Callers
+/// sync the WAL first (see the module's docs).
+fn durable_commit(db: &Database) -> Result<(), StoreError> {
     let mut tx = db.begin_write().db()?;
     tx.set_durability(Durability::Immediate).db()?;
     tx.commit().db()?;

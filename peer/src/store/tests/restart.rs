@@ -147,13 +147,60 @@ fn an_unknown_format_version_is_refused() {
             err,
             StoreError::UnknownFormat {
                 found: 99,
-                supported: 1,
+                supported: crate::store::STORE_FORMAT_VERSION,
                 ..
             }
         ),
         "{err}"
     );
     assert!(err.to_string().contains("format 99"), "{err}");
+}
+
+/// A format-1 store kept the Raft log's entries in redb: opening it moves them into the
+/// WAL, once, and a crash that left the move half done (entries already in the WAL, the
+/// rows still there) is finished the same way.
+#[tokio::test]
+async fn a_format_1_log_moves_into_the_wal() {
+    use crate::store::disk::encode;
+    use crate::store::schema::RAFT_LOG;
+    let dir = TempDir::new().unwrap();
+    let entries: Vec<Entry> = (1..=6).map(blank).collect();
+    {
+        // Half done: the first three are in the WAL already.
+        let mut store = open(dir.path());
+        store
+            .log
+            .blocking_append(entries[..3].to_vec())
+            .await
+            .unwrap();
+    }
+    write_db(dir.path(), |tx| {
+        tx.open_table(META).unwrap().insert(FORMAT_KEY, 1).unwrap();
+        let mut log = tx.open_table(RAFT_LOG).unwrap();
+        for e in &entries {
+            let bytes = encode(e, "entry").unwrap();
+            log.insert(e.log_id.index, bytes.as_slice()).unwrap();
+        }
+    });
+    for _ in 0..2 {
+        let mut store = open(dir.path());
+        let logged = store.log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(format!("{logged:?}"), format!("{entries:?}"));
+        let state = store.log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, alice_id(), 6)));
+    }
+    let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+    let tx = db.begin_read().unwrap();
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    assert_eq!(tx.open_table(RAFT_LOG).unwrap().len().unwrap(), 0);
+    assert_eq!(
+        tx.open_table(META)
+            .unwrap()
+            .get(FORMAT_KEY)
+            .unwrap()
+            .map(|v| v.value()),
+        Some(crate::store::STORE_FORMAT_VERSION)
+    );
 }
 
 /// The chain state a peer decides with (members, the order of terms and leaders, the window
