@@ -22,13 +22,16 @@ use super::disk::{encode, get_meta};
 use super::error::{DbResult, StoreError};
 use super::schema::{COMMITTED, LAST_PURGED, RAFT_META, VOTE};
 use super::sync::Syncer;
-use super::wal::{Flusher, Wal};
+use super::wal::{Encoded, Flusher, Wal};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The most entries one bounded read returns (`limited_get_log_entries`).
 pub const MAX_ENTRIES_PER_READ: usize = 1024;
 /// The most entry bytes one bounded read returns; at least one entry is always returned.
 pub const MAX_LOG_READ_BYTES: usize = 16 * 1024 * 1024;
+
+/// Appends up to this many encoded bytes are written on the calling task.
+const INLINE_APPEND_BYTES: usize = 256 * 1024;
 
 /// The Raft log and vote. Cheap to clone: it is its own log reader.
 #[derive(Clone)]
@@ -93,8 +96,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let wal = self.wal.clone();
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(entries) = self.wal.read_recent(range, usize::MAX, usize::MAX) {
+            return Ok(entries);
+        }
+        let wal = self.wal.clone();
         blocking(move || wal.read(range, usize::MAX, usize::MAX))
             .await
             .map_err(read_err)
@@ -107,8 +113,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let wal = self.wal.clone();
         let range = (Bound::Included(start), Bound::Excluded(end));
+        if let Some(entries) = self
+            .wal
+            .read_recent(range, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES)
+        {
+            return Ok(entries);
+        }
+        let wal = self.wal.clone();
         blocking(move || wal.read(range, MAX_ENTRIES_PER_READ, MAX_LOG_READ_BYTES))
             .await
             .map_err(read_err)
@@ -180,9 +192,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let wal = self.wal.clone();
-        match blocking(move || wal.append(&entries)).await {
+        let written = match Encoded::new(entries.into_iter().collect()) {
+            // A small append is a copy into the page cache: done here, it spares a trip to
+            // the blocking pool on every write's path (the leader's and each follower's).
+            // A large one, or one that starts a segment (an fsync), goes to the pool.
+            Ok(e) if e.bytes <= INLINE_APPEND_BYTES && !self.wal.would_roll() => {
+                self.wal.append_encoded(e)
+            }
+            Ok(e) => {
+                let wal = self.wal.clone();
+                blocking(move || wal.append_encoded(e)).await
+            }
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => {
                 // Readable now; reported flushed once the flusher's fdatasync is done.
                 self.flusher.raft(callback).map_err(write_err)

@@ -66,6 +66,73 @@ struct State {
     /// Set by a failed write: the file may hold a partial frame, so nothing more is written
     /// until a restart rescans it.
     failed: Option<String>,
+    /// The last entries written, decoded, with their encoded sizes: replication and the
+    /// state machine read what was just appended, and serving it from here spares them a
+    /// trip to the blocking pool. Always a suffix of `entries`.
+    recent: VecDeque<(Entry, usize)>,
+    recent_bytes: usize,
+}
+
+/// Bounds of the recent entries kept in memory.
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Entries encoded for [`Wal::append_encoded`].
+pub(crate) struct Encoded {
+    entries: Vec<(Entry, usize)>,
+    payloads: Vec<(LogId, Vec<u8>)>,
+    /// Their encoded size in all.
+    pub bytes: usize,
+}
+
+impl Encoded {
+    pub(crate) fn new(entries: Vec<Entry>) -> Result<Encoded, StoreError> {
+        let mut payloads = Vec::with_capacity(entries.len());
+        let mut sized = Vec::with_capacity(entries.len());
+        let mut total = 0usize;
+        for entry in entries {
+            let bytes = encode(&entry, "raft log entry")?;
+            // Refused here rather than written: an entry we could not read back would stop
+            // this peer at its next start.
+            if bytes.len() > MAX_ENTRY_BYTES {
+                return Err(StoreError::Encode {
+                    what: "raft log entry",
+                    why: format!(
+                        "entry {} is {} bytes, more than {MAX_ENTRY_BYTES}",
+                        entry.log_id,
+                        bytes.len()
+                    ),
+                });
+            }
+            total = total.saturating_add(bytes.len());
+            payloads.push((entry.log_id, bytes));
+            let len = payloads.last().map(|(_, b)| b.len()).unwrap_or(0);
+            sized.push((entry, len));
+        }
+        Ok(Encoded {
+            entries: sized,
+            payloads,
+            bytes: total,
+        })
+    }
+}
+
+/// The first index `range` asks for, but not before `first`.
+fn start_of(range: &(Bound<u64>, Bound<u64>), first: u64) -> u64 {
+    match range.0 {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => first,
+    }
+    .max(first)
+}
+
+fn inside(range: &(Bound<u64>, Bound<u64>), index: u64) -> bool {
+    match range.1 {
+        Bound::Included(e) => index <= e,
+        Bound::Excluded(e) => index < e,
+        Bound::Unbounded => true,
+    }
 }
 
 /// The write-ahead log. Shared by the log store and its readers; the lock is held only for
@@ -108,6 +175,8 @@ impl Wal {
             tail_check: 0,
             purged,
             failed: None,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         };
         let count = names.len();
         for (i, (first, path)) in names.into_iter().enumerate() {
@@ -151,10 +220,11 @@ impl Wal {
                     log_id: entry.log_id,
                 });
             }
-            if let Some(why) = &scanned.stopped {
-                if !is_last {
-                    return Err(damaged(format!("it ends early, at {why}")));
-                }
+            // Stopping early is normal before the end of a segment that a truncation cut
+            // and later appends did not fill again (stale frames follow, which no longer
+            // chain). Damage shows as the next segment not following; in the last segment it
+            // is a write a crash cut short.
+            if let (Some(why), true) = (&scanned.stopped, is_last) {
                 tracing::warn!(
                     segment = %path.display(),
                     "the raft log ends at {why}: a write cut short by a crash, dropped"
@@ -183,6 +253,12 @@ impl Wal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the next append starts a new segment (which syncs and creates a file).
+    pub(crate) fn would_roll(&self) -> bool {
+        let st = self.lock();
+        st.segments.is_empty() || st.tail >= st.segment_bytes
+    }
+
     /// The last entry's log id, if any entry is held.
     pub(crate) fn last_log_id(&self) -> Option<LogId> {
         self.lock().entries.back().map(|l| l.log_id)
@@ -191,23 +267,14 @@ impl Wal {
     /// Writes `entries` (which must follow the last entry held, or start afresh after a
     /// purge past the end). They are readable when this returns, durable after [`Wal::sync`].
     pub(crate) fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        let mut payloads = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let bytes = encode(entry, "raft log entry")?;
-            // Refused here rather than written: an entry we could not read back would stop
-            // this peer at its next start.
-            if bytes.len() > MAX_ENTRY_BYTES {
-                return Err(StoreError::Encode {
-                    what: "raft log entry",
-                    why: format!(
-                        "entry {} is {} bytes, more than {MAX_ENTRY_BYTES}",
-                        entry.log_id,
-                        bytes.len()
-                    ),
-                });
-            }
-            payloads.push((entry.log_id, bytes));
-        }
+        self.append_encoded(Encoded::new(entries.to_vec())?)
+    }
+
+    /// [`Wal::append`] of entries encoded beforehand (so that a caller can tell their size).
+    pub(crate) fn append_encoded(&self, encoded: Encoded) -> Result<(), StoreError> {
+        let Encoded {
+            entries, payloads, ..
+        } = encoded;
         let mut st = self.lock();
         if let Some(why) = &st.failed {
             return Err(StoreError::Invariant(format!(
@@ -241,6 +308,7 @@ impl Wal {
                 buf.clear();
                 if fresh_start {
                     st.entries.clear();
+                    st.recent.clear();
                     st.tail_check = 0;
                 }
                 st.roll(index)?;
@@ -266,7 +334,41 @@ impl Wal {
                 buf.clear();
             }
         }
-        st.write(&buf, &mut pending)
+        st.write(&buf, &mut pending)?;
+        st.remember(entries);
+        Ok(())
+    }
+
+    /// [`Wal::read`] served from the recent entries kept in memory, without touching the
+    /// files; None if the range starts before them.
+    pub(crate) fn read_recent(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Entry>> {
+        let st = self.lock();
+        let first_held = st.entries.front()?.log_id.index;
+        let start = start_of(&range, first_held);
+        let first_recent = st.recent.front().map(|(e, _)| e.log_id.index)?;
+        if start < first_recent {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for (e, len) in st.recent.iter().skip((start - first_recent) as usize) {
+            if !inside(&range, e.log_id.index) {
+                break;
+            }
+            if !out.is_empty()
+                && (out.len() >= max_entries || bytes.saturating_add(*len) > max_bytes)
+            {
+                break;
+            }
+            bytes = bytes.saturating_add(*len);
+            out.push(e.clone());
+        }
+        Some(out)
     }
 
     /// Reads entries in `range`: at most `max_entries`, and at most `max_bytes` of them
@@ -282,22 +384,12 @@ impl Wal {
             let Some(first) = st.entries.front().map(|l| l.log_id.index) else {
                 return Ok(Vec::new());
             };
-            let start = match range.0 {
-                Bound::Included(s) => s,
-                Bound::Excluded(s) => s.saturating_add(1),
-                Bound::Unbounded => first,
-            }
-            .max(first);
+            let start = start_of(&range, first);
             let skip = (start - first) as usize;
             let mut bytes = 0usize;
             let mut out = Vec::new();
             for l in st.entries.iter().skip(skip) {
-                let inside = match range.1 {
-                    Bound::Included(e) => l.log_id.index <= e,
-                    Bound::Excluded(e) => l.log_id.index < e,
-                    Bound::Unbounded => true,
-                };
-                if !inside {
+                if !inside(&range, l.log_id.index) {
                     break;
                 }
                 let len = l.len as usize;
@@ -363,6 +455,15 @@ impl Wal {
         };
         st.tail = cut.offset;
         st.entries.truncate(at);
+        while st
+            .recent
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            if let Some((_, len)) = st.recent.pop_back() {
+                st.recent_bytes -= len;
+            }
+        }
         Ok(())
     }
 
@@ -459,6 +560,39 @@ impl State {
             .is_some_and(|l| l.log_id.index <= purged)
         {
             self.entries.pop_front();
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= purged)
+        {
+            if let Some((_, len)) = self.recent.pop_front() {
+                self.recent_bytes -= len;
+            }
+        }
+    }
+
+    /// Keeps the entries just written in memory (they follow the recent ones, which end at
+    /// the tail), dropping the oldest beyond the bounds.
+    fn remember(&mut self, entries: Vec<(Entry, usize)>) {
+        let follows = match (self.recent.back(), entries.first()) {
+            (Some((last, _)), Some((first, _))) => last.log_id.index + 1 == first.log_id.index,
+            _ => true,
+        };
+        if !follows {
+            // An earlier append failed half way: start the suffix again here.
+            self.recent.clear();
+            self.recent_bytes = 0;
+        }
+        for (e, len) in entries {
+            self.recent_bytes += len;
+            self.recent.push_back((e, len));
+        }
+        while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
+            match self.recent.pop_front() {
+                Some((_, len)) => self.recent_bytes -= len,
+                None => break,
+            }
         }
     }
 

@@ -208,3 +208,75 @@ fn a_missing_middle_segment_is_refused() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+/// The entries kept in memory are always exactly what the files hold at their indexes,
+/// through appends, truncations, purges and a fresh start; and they are a bounded suffix.
+#[test]
+fn recent_entries_in_memory_match_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None, SMALL).unwrap();
+    let same = |wal: &Wal, from: u64| {
+        let range = (Bound::Included(from), Bound::Unbounded);
+        let files = wal.read(range, usize::MAX, usize::MAX).unwrap();
+        match wal.read_recent(range, usize::MAX, usize::MAX) {
+            Some(mem) => assert_eq!(ids(&mem), ids(&files), "from {from}"),
+            None => panic!("entries from {from} should be in memory"),
+        }
+    };
+    wal.append(&entries(1, 1..=20)).unwrap();
+    same(&wal, 1);
+    same(&wal, 15);
+    wal.truncate(10).unwrap();
+    same(&wal, 5);
+    wal.append(&entries(2, 10..=12)).unwrap();
+    same(&wal, 1);
+    wal.purge(4).unwrap();
+    same(&wal, 0);
+    wal.purge(500).unwrap();
+    wal.append(&entries(3, 501..=503)).unwrap();
+    same(&wal, 0);
+    assert_eq!(
+        ids(&wal
+            .read_recent((Bound::Unbounded, Bound::Unbounded), 2, usize::MAX)
+            .unwrap()),
+        vec![(3, 501), (3, 502)]
+    );
+
+    // Past the bound, the oldest come from the files only.
+    let many = super::RECENT_ENTRIES as u64 + 10;
+    wal.append(&entries(3, 504..=503 + many)).unwrap();
+    assert!(wal
+        .read_recent((Bound::Included(501), Bound::Unbounded), 1, usize::MAX)
+        .is_none());
+    same(&wal, 503 + many - 5);
+    // A reopened log has nothing in memory and reads from the files.
+    drop(wal);
+    let wal = Wal::open(dir.path(), Some(500), SMALL).unwrap();
+    assert!(wal
+        .read_recent((Bound::Unbounded, Bound::Unbounded), 1, usize::MAX)
+        .is_none());
+    assert_eq!(all(&wal).len() as u64, 3 + many);
+}
+
+/// A segment cut by a truncation and refilled with smaller entries before the log moved on
+/// holds stale bytes after its last record: that is not damage.
+#[test]
+fn a_refilled_segment_may_end_early_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), None, SMALL).unwrap();
+    let big: Vec<Entry> = (1..=4).map(|i| entry(1, i, 300)).collect();
+    wal.append(&big).unwrap();
+    wal.truncate(2).unwrap();
+    wal.append(&entries(2, 2..=9)).unwrap();
+    assert!(segments(dir.path()).len() >= 2);
+    let first = segment::scan(&dir.path().join(segment::file_name(1)), 1 << 20).unwrap();
+    assert!(
+        first.stopped.is_some(),
+        "stale bytes follow the refilled records"
+    );
+    let before = ids(&all(&wal));
+    drop(wal);
+    let wal = Wal::open(dir.path(), None, SMALL).unwrap();
+    assert_eq!(ids(&all(&wal)), before);
+    assert_eq!(before.len(), 9);
+}
