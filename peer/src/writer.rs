@@ -38,6 +38,8 @@ const EPOCH_REFUSAL: &str = "is sealed under epoch";
 pub const LEADER_WAIT_MS: u64 = 3_000;
 /// How long one submission may wait for its commit before it is resent.
 pub const SUBMIT_TIMEOUT_MS: u64 = 10_000;
+/// How long, at most, a busy writer gathers lines for its next batch (see `Writer::run`).
+pub const GATHER_US: u64 = 1_000;
 /// Console questions waiting for their answers; more are refused with an error.
 const QUERY_QUEUE: usize = 64;
 
@@ -146,10 +148,30 @@ impl Writer {
         let mut sending = false;
         let mut commands_open = true;
         let mut leaving = false;
+        // Under load (the last batch carried several records), the lines answering its
+        // acknowledgement arrive one by one: forming a batch at the first would send one
+        // record and make the rest wait a whole round. So the next batch waits up to
+        // `GATHER_US` for as many lines as the last one carried. A lone line (the last batch
+        // had one) never waits.
+        let mut last_batch = 0usize;
+        let mut queued = 0usize;
+        let mut gather_until: Option<tokio::time::Instant> = None;
         loop {
             if !sending {
                 if inflight.is_none() {
-                    inflight = self.form_batch().await;
+                    let now = tokio::time::Instant::now();
+                    let gathering = last_batch > 1 && queued > 0 && queued < last_batch;
+                    let wait = gathering
+                        && now
+                            < *gather_until.get_or_insert(now + Duration::from_micros(GATHER_US));
+                    if !wait {
+                        gather_until = None;
+                        inflight = self.form_batch().await;
+                        if let Some(b) = &inflight {
+                            last_batch = b.seqs.len();
+                            queued = queued.saturating_sub(b.seqs.len());
+                        }
+                    }
                 }
                 let next = match inflight.take() {
                     Some(batch) => Some(Outgoing::Batch(batch)),
@@ -181,7 +203,7 @@ impl Writer {
                                 Err(_) => break,
                             }
                         }
-                        self.enqueue(texts).await;
+                        queued += self.enqueue(texts).await;
                         match next {
                             Some(Command::Leave) => leaving = true,
                             Some(Command::Query(q)) => self.ask(&query_tx, q).await,
@@ -233,6 +255,8 @@ impl Writer {
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(gather_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if gather_until.is_some() && !sending && inflight.is_none() => {}
                 changed = self.keys.changed(), if !sending && inflight.is_none() => {
                     if changed.is_err() {
                         return WriterEnd::Stopped;
@@ -257,7 +281,8 @@ impl Writer {
         }
     }
 
-    async fn enqueue(&mut self, texts: Vec<String>) {
+    /// Stores the lines that fit in the outbox; returns how many it stored.
+    async fn enqueue(&mut self, texts: Vec<String>) -> usize {
         let mut fitting: Vec<&[u8]> = Vec::with_capacity(texts.len());
         for text in &texts {
             if text.len() > self.max_record_bytes {
@@ -277,11 +302,13 @@ impl Writer {
             }
         }
         if fitting.is_empty() {
-            return;
+            return 0;
         }
         if let Err(e) = self.outbox.enqueue_all(&fitting) {
             self.error(format!("could not store the record: {e}")).await;
+            return 0;
         }
+        fitting.len()
     }
 
     /// Seals what is pending under the newest key, signs it and stores it as in flight.
