@@ -21,7 +21,8 @@
 //!   and verifying. `state_machine`: [`StateMachineStore`]. `snapshot`: the snapshot layout,
 //!   building, checking and installing. `spool`: snapshot files ([`SnapshotFile`], openraft's
 //!   snapshot data). `inbox`: [`SnapshotInbox`], receiving and verifying another member's.
-//! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`].
+//! - `reader`: [`ChainReader`], [`ChainView`], [`MemberInfo`]. `outbox`: [`Outbox`], with
+//!   `journal`: the durable copy of its batch in flight (two small slot files).
 //! - `wal`: the Raft log's entries, append-only segment files with group commit.
 //! - `sync`: group commit for redb: one fsync for everyone waiting (outbox, applied chain).
 //! - `error`: [`StoreError`].
@@ -33,6 +34,7 @@ mod disk;
 mod error;
 mod inbox;
 pub mod inspect;
+mod journal;
 mod log;
 mod outbox;
 mod reader;
@@ -96,6 +98,8 @@ impl Store {
         if found < STORE_FORMAT_VERSION {
             schema::migrate_log(&db, &wal)?;
         }
+        let (journal, newest) = journal::Journal::open(dir)?;
+        outbox::restore_from_journal(&db, newest)?;
         let state = replay::recover(&db, &root)?;
         let spool = spool::Spool::open(dir)?;
         let root = Arc::new(root);
@@ -113,7 +117,7 @@ impl Store {
                 syncer.clone(),
             ),
             chain: ChainReader::new(db.clone(), root, view_rx, inbox),
-            outbox: Outbox::new(db, syncer),
+            outbox: Outbox::new(db, syncer, Arc::new(journal)),
         })
     }
 

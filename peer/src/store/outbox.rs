@@ -10,11 +10,12 @@
 //!
 //! Every call is one short redb transaction. Only the in-flight batch must be durable before
 //! it is sent (so a retry after a crash is the same bytes): it is committed without an fsync
-//! and then made durable by the store's syncer, sharing the fsync with Raft log appends that
-//! wait at the same time. Enqueueing and completing are committed without fsync: a crash can lose a line nobody was told is committed (the
-//! durable commit that stores its batch makes it durable first), or forget a completion (the
-//! batch is then resent and answered as a duplicate). The writer task owns the outbox, so
-//! there is never a second caller racing for a `seq`.
+//! and written to the in-flight journal (`journal.rs`, one small `fdatasync`), which on the
+//! next open puts it back, with its records and the counter, if redb lost them. Enqueueing
+//! and completing are committed without fsync: a crash can lose a line nobody was told is
+//! committed, or forget a completion (the batch is then resent and answered as a
+//! duplicate). Refusals and reseals are rare and committed durably. The writer task owns the
+//! outbox, so there is never a second caller racing for a `seq`.
 
 use std::sync::Arc;
 
@@ -23,7 +24,10 @@ use conclave_shared::codec::Canonical;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::error::{DbResult, StoreError};
-use super::schema::{INFLIGHT_BATCH, META, OUTBOX, OUTBOX_INFLIGHT, OUTBOX_NEXT_SEQ};
+use super::journal::{Journal, JournalEntry};
+use super::schema::{
+    INFLIGHT_BATCH, JOURNAL_SETTLED, META, OUTBOX, OUTBOX_INFLIGHT, OUTBOX_NEXT_SEQ,
+};
 use super::sync::Syncer;
 
 /// A signed batch's canonical bytes and the seqs of the records it carries.
@@ -34,6 +38,7 @@ pub type InflightBatch = (Vec<u8>, Vec<u64>);
 pub struct Outbox {
     db: Arc<Database>,
     syncer: Syncer,
+    journal: Arc<Journal>,
 }
 
 fn read_counter<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<u64, StoreError> {
@@ -88,8 +93,22 @@ pub(crate) fn reconcile_counter(tx: &WriteTransaction) -> Result<(), StoreError>
 }
 
 impl Outbox {
-    pub(crate) fn new(db: Arc<Database>, syncer: Syncer) -> Self {
-        Self { db, syncer }
+    pub(crate) fn new(db: Arc<Database>, syncer: Syncer, journal: Arc<Journal>) -> Self {
+        Self {
+            db,
+            syncer,
+            journal,
+        }
+    }
+
+    /// Marks the journal's newest entry settled (its batch completed, refused or to be
+    /// sealed again), in `tx`.
+    fn settle_journal(&self, tx: &WriteTransaction) -> Result<(), StoreError> {
+        tx.open_table(META)
+            .db()?
+            .insert(JOURNAL_SETTLED, self.journal.generation())
+            .db()?;
+        Ok(())
     }
 
     /// Makes every earlier commit to this database durable (those of the outbox and of the
@@ -181,18 +200,19 @@ impl Outbox {
     /// before it is sent. Refused while another batch is in flight, or if the batch is not
     /// exactly those records in order. Blocking; the writer uses [`Outbox::store_inflight`].
     pub fn set_inflight(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
-        self.set_inflight_lazily(batch, seqs)?;
-        self.syncer.durable_now(&self.db)
+        let entry = self.set_inflight_lazily(batch, seqs)?;
+        self.journal.write(&entry).map(|_| ())
     }
 
-    /// [`Outbox::set_inflight`] without blocking on the fsync: the commit skips it, and the
-    /// store's syncer makes it durable, together with whatever else waits for it then.
+    /// [`Outbox::set_inflight`], with the journal's sync on the blocking pool.
     pub async fn store_inflight(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
-        self.set_inflight_lazily(batch, seqs)?;
-        self.syncer.sync().await
+        let entry = self.set_inflight_lazily(batch, seqs)?;
+        let journal = self.journal.clone();
+        super::blocking(move || journal.write(&entry).map(|_| ())).await
     }
 
-    fn set_inflight_lazily(&self, batch: &[u8], seqs: &[u64]) -> Result<(), StoreError> {
+    /// Stores the batch as in flight without an fsync; returns what the journal must hold.
+    fn set_inflight_lazily(&self, batch: &[u8], seqs: &[u64]) -> Result<JournalEntry, StoreError> {
         let decoded = RecordBatch::from_canonical(batch)
             .map_err(|e| StoreError::BatchMismatch(format!("it does not decode: {e}")))?;
         let in_batch: Vec<u64> = decoded.records.iter().map(|r| r.seq).collect();
@@ -203,28 +223,35 @@ impl Outbox {
         }
         let mut tx = self.db.begin_write().db()?;
         tx.set_durability(Durability::None).db()?;
-        {
+        let records = {
             let mut inflight = tx.open_table(OUTBOX_INFLIGHT).db()?;
             if inflight.get(INFLIGHT_BATCH).db()?.is_some() {
                 return Err(StoreError::InflightBusy);
             }
             let table = tx.open_table(OUTBOX).db()?;
-            let oldest: Vec<u64> = table
+            let oldest: Vec<(u64, Vec<u8>)> = table
                 .iter()
                 .db()?
                 .take(seqs.len())
-                .map(|row| row.map(|(k, _)| k.value()))
+                .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
                 .collect::<Result<_, _>>()
                 .db()?;
-            if oldest != seqs {
+            if !oldest.iter().map(|(s, _)| *s).eq(seqs.iter().copied()) {
+                let found: Vec<u64> = oldest.iter().map(|(s, _)| *s).collect();
                 return Err(StoreError::BatchMismatch(format!(
-                    "the oldest pending records are {oldest:?}, not {seqs:?}"
+                    "the oldest pending records are {found:?}, not {seqs:?}"
                 )));
             }
             inflight.insert(INFLIGHT_BATCH, batch).db()?;
-        }
+            oldest
+        };
+        let next_seq = counter(&tx)?;
         tx.commit().db()?;
-        Ok(())
+        Ok(JournalEntry {
+            batch: batch.to_vec(),
+            records,
+            next_seq,
+        })
     }
 
     /// The batch in flight, byte for byte as stored, and the seqs it carries.
@@ -250,6 +277,7 @@ impl Outbox {
             }
             seqs.len()
         };
+        self.settle_journal(&tx)?;
         tx.commit().db()?;
         Ok(n)
     }
@@ -267,6 +295,7 @@ impl Outbox {
             inflight.remove(INFLIGHT_BATCH).db()?;
             seqs.len()
         };
+        self.settle_journal(&tx)?;
         tx.commit().db()?;
         Ok(n)
     }
@@ -295,6 +324,7 @@ impl Outbox {
         };
         let next = counter(&tx)?;
         set_counter(&tx, next.saturating_sub(n as u64).max(1))?;
+        self.settle_journal(&tx)?;
         tx.commit().db()?;
         Ok(n)
     }
@@ -330,6 +360,101 @@ impl Outbox {
         tx.commit().db()?;
         Ok(next)
     }
+}
+
+/// On open: puts the journal's newest entry back if redb lost it (a crash after the batch
+/// was sent but before a durable redb commit). Skipped if the outbox settled that entry.
+///
+/// The journal's batch was formed when every older record had been completed (a batch
+/// always takes the oldest pending records, one at a time, and refusals are committed
+/// durably), so an older batch or older records that redb still shows are completions the
+/// crash lost: they are cleared, or they would go out again and, worse, leave the counter
+/// behind seqs the chain may already hold. Anything that does not fit is left alone, loudly.
+pub(crate) fn restore_from_journal(
+    db: &Database,
+    found: Option<(u64, JournalEntry)>,
+) -> Result<(), StoreError> {
+    let Some((generation, entry)) = found else {
+        return Ok(());
+    };
+    let seqs: Vec<u64> = match RecordBatch::from_canonical(&entry.batch) {
+        Ok(b) => b.records.iter().map(|r| r.seq).collect(),
+        Err(e) => {
+            tracing::error!(generation, "the journal's batch does not decode: {e}");
+            return Ok(());
+        }
+    };
+    if !entry
+        .records
+        .iter()
+        .map(|(s, _)| *s)
+        .eq(seqs.iter().copied())
+    {
+        tracing::error!(generation, "the journal's records do not match its batch");
+        return Ok(());
+    }
+    let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+        return Ok(());
+    };
+    let tx = db.begin_write().db()?;
+    {
+        let settled = tx
+            .open_table(META)
+            .db()?
+            .get(JOURNAL_SETTLED)
+            .db()?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if generation <= settled {
+            return Ok(());
+        }
+        let mut inflight = tx.open_table(OUTBOX_INFLIGHT).db()?;
+        if let Some((held, held_seqs)) = inflight_seqs(&inflight)? {
+            if held == entry.batch {
+                return Ok(());
+            }
+            if held_seqs.last().is_none_or(|l| *l >= first) {
+                tracing::warn!(
+                    generation,
+                    "the outbox holds a newer batch in flight than the journal's newest; keeping the outbox's"
+                );
+                return Ok(());
+            }
+            inflight.remove(INFLIGHT_BATCH).db()?;
+        }
+        let mut table = tx.open_table(OUTBOX).db()?;
+        let stale = table.retain_in(..first, |_, _| false);
+        stale.db()?;
+        for (seq, plaintext) in &entry.records {
+            let held = table.get(*seq).db()?.map(|v| v.value().to_vec());
+            match held {
+                Some(v) if v != *plaintext => {
+                    tracing::error!(
+                        generation,
+                        seq,
+                        "the outbox holds another record under a seq of the journal's batch; keeping the outbox's"
+                    );
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => {
+                    table.insert(*seq, plaintext.as_slice()).db()?;
+                }
+            }
+        }
+        inflight
+            .insert(INFLIGHT_BATCH, entry.batch.as_slice())
+            .db()?;
+        let next = counter(&tx)?.max(entry.next_seq).max(next_after(last)?);
+        set_counter(&tx, next)?;
+        tracing::info!(
+            generation,
+            records = seqs.len(),
+            "put the batch that was in flight back from the journal"
+        );
+    }
+    tx.commit().db()?;
+    Ok(())
 }
 
 /// Renumbers every record from `from` on so that `from` becomes `to`, keeping the order.

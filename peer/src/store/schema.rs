@@ -20,10 +20,12 @@ pub const OLDEST_FORMAT_VERSION: u64 = 1;
 /// The file inside the peer's data directory.
 pub const DB_FILE: &str = "peer.redb";
 
-/// Small counters: [`FORMAT_KEY`], [`OUTBOX_NEXT_SEQ`].
+/// Small counters: [`FORMAT_KEY`], [`OUTBOX_NEXT_SEQ`], [`JOURNAL_SETTLED`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const FORMAT_KEY: &str = "format_version";
 pub(crate) const OUTBOX_NEXT_SEQ: &str = "outbox_next_seq";
+/// The in-flight journal's generation whose batch the outbox has settled (`journal.rs`).
+pub(crate) const JOURNAL_SETTLED: &str = "journal_settled";
 
 /// Raft log index → bincode of the openraft `Entry`. Format 1 only: empty after
 /// [`migrate_log`].

@@ -1,9 +1,8 @@
-//! Group commit for the peer's redb file: whoever needs its earlier writes durable (the
-//! outbox before a batch is sent, the state machine now and then) asks the syncer, and one
-//! `Durability::Immediate` commit serves everyone who asked before it began. redb persists
-//! every earlier non-durable commit with a durable one, so the writes themselves skip the
-//! fsync. On this machine a durable redb commit costs about as much as the rest of a write's
-//! path together, and several writers' requests often share one.
+//! Background durability for the peer's redb file: its writes (applied blocks, the outbox)
+//! skip the fsync, and about once a second the state machine asks this thread for one
+//! `Durability::Immediate` commit, which persists every earlier non-durable commit, so that
+//! a restart replays little of the log. Nothing on a write's path waits for it: the Raft
+//! log has its own WAL, and the batch in flight its journal.
 //!
 //! Every durable commit here syncs the Raft log (`wal/`) first: the state machine's commits
 //! it persists were applied from log entries, and a restart must never find the chain ahead
@@ -53,27 +52,10 @@ impl Syncer {
         }
     }
 
-    /// A durable commit now, on this thread (the WAL first).
-    pub(crate) fn durable_now(&self, db: &Database) -> Result<(), StoreError> {
-        self.sync_wal()?;
-        durable_commit(db)
-    }
-
     /// Asks for a durable commit soon, without waiting for it.
     pub(crate) fn nudge(&self) {
         let (tx, _) = tokio::sync::oneshot::channel();
         let _ = self.waiting.send(tx);
-    }
-
-    /// Returns once every commit made before this call is durable.
-    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiting
-            .send(tx)
-            .map_err(|_| StoreError::Task("the store's sync thread stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Task("the store's sync thread stopped".into()))?
-            .map_err(StoreError::Task)
     }
 }
 

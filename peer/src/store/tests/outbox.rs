@@ -133,3 +133,105 @@ fn advancing_past_the_chain_renumbers_pending_records() {
     assert_eq!(empty.outbox.enqueue(b"x").unwrap(), 42);
     drop(store);
 }
+
+/// The database as it was at some point, put back later: what a crash leaves when redb's
+/// commits after that point were never made durable (they skip the fsync).
+struct DbCopy(Vec<u8>);
+
+impl DbCopy {
+    fn take(dir: &std::path::Path) -> DbCopy {
+        DbCopy(std::fs::read(dir.join(crate::store::DB_FILE)).unwrap())
+    }
+    fn put_back(&self, dir: &std::path::Path) {
+        std::fs::write(dir.join(crate::store::DB_FILE), &self.0).unwrap();
+    }
+}
+
+#[test]
+fn a_batch_in_flight_that_redb_lost_comes_back_from_the_journal() {
+    let dir = TempDir::new().unwrap();
+    let batch = alice_batch(&[1, 2]);
+    {
+        let store = open(dir.path());
+        for t in ["r1", "r2", "r3"] {
+            store.outbox.enqueue(t.as_bytes()).unwrap();
+        }
+    }
+    let before = DbCopy::take(dir.path());
+    {
+        let store = open(dir.path());
+        store.outbox.set_inflight(&batch, &[1, 2]).unwrap();
+    }
+    before.put_back(dir.path());
+    let store = open(dir.path());
+    assert_eq!(
+        store.outbox.inflight().unwrap(),
+        Some((batch, vec![1, 2])),
+        "the batch that may have been sent is resent as it was"
+    );
+    assert_eq!(pending(&store), vec![(3, "r3".into())]);
+    assert_eq!(store.outbox.next_seq().unwrap(), 4);
+}
+
+#[test]
+fn a_completion_that_redb_lost_is_not_resent_over_the_next_batch() {
+    let dir = TempDir::new().unwrap();
+    let second = alice_batch(&[3, 4]);
+    {
+        let store = open(dir.path());
+        for t in ["r1", "r2"] {
+            store.outbox.enqueue(t.as_bytes()).unwrap();
+        }
+        store
+            .outbox
+            .set_inflight(&alice_batch(&[1, 2]), &[1, 2])
+            .unwrap();
+    }
+    let before = DbCopy::take(dir.path());
+    {
+        let store = open(dir.path());
+        assert_eq!(store.outbox.complete_inflight().unwrap(), 2);
+        for t in ["r3", "r4"] {
+            store.outbox.enqueue(t.as_bytes()).unwrap();
+        }
+        store.outbox.set_inflight(&second, &[3, 4]).unwrap();
+    }
+    // redb forgot the completion and everything after it; the journal did not.
+    before.put_back(dir.path());
+    let store = open(dir.path());
+    assert_eq!(store.outbox.inflight().unwrap(), Some((second, vec![3, 4])));
+    assert_eq!(pending(&store), vec![], "r1 and r2 were completed");
+    assert_eq!(
+        store.outbox.next_seq().unwrap(),
+        5,
+        "3 and 4 are never reused"
+    );
+}
+
+#[test]
+fn a_settled_journal_entry_stays_settled() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = open(dir.path());
+        for t in ["r1", "r2", "r3"] {
+            store.outbox.enqueue(t.as_bytes()).unwrap();
+        }
+        store
+            .outbox
+            .set_inflight(&alice_batch(&[1, 2]), &[1, 2])
+            .unwrap();
+        store.outbox.complete_inflight().unwrap();
+    }
+    {
+        let store = open(dir.path());
+        assert_eq!(store.outbox.inflight().unwrap(), None);
+        assert_eq!(pending(&store), vec![(3, "r3".into())]);
+        store.outbox.set_inflight(&alice_batch(&[3]), &[3]).unwrap();
+        // Refused: its seq is given back, durably, and the journal's copy is settled.
+        assert_eq!(store.outbox.drop_inflight_and_renumber().unwrap(), 1);
+    }
+    let store = open(dir.path());
+    assert_eq!(store.outbox.inflight().unwrap(), None);
+    assert_eq!(pending(&store), vec![]);
+    assert_eq!(store.outbox.next_seq().unwrap(), 3);
+}
