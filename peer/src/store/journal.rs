@@ -14,7 +14,7 @@
 //! a newer, unsettled journal entry back if redb lost it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -62,11 +62,13 @@ impl Journal {
         let mut files = Vec::with_capacity(2);
         for name in JOURNAL_FILES {
             let path = dir.join(name);
+            // Plaintext of records not yet on the chain: the owner's eyes only.
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(&path)
                 .map_err(|source| io(&path, source))?;
             if let Some((generation, entry)) = read_slot(&file, &path)? {
@@ -230,6 +232,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, found) = Journal::open(dir.path()).unwrap();
         assert!(found.is_none());
+        for name in JOURNAL_FILES {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
         assert_eq!(j.write(&entry(1)).unwrap(), 1);
         assert_eq!(j.write(&entry(2)).unwrap(), 2);
         assert_eq!(j.write(&entry(3)).unwrap(), 3);
