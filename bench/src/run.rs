@@ -20,10 +20,10 @@ use crate::BenchError;
 /// Durability in force for every Conclave figure.
 pub const CONCLAVE_DURABILITY: &str = "fsync before acknowledging (the default and only mode): \
     every Raft log append (on the leader and on the followers that make the majority) is \
-    fdatasync'd in the write-ahead log, and every vote and the author's in-flight batch by an \
-    fsync'd redb commit, before a record is acknowledged; concurrent waiters share one sync \
-    (group commit). Applied blocks and outbox bookkeeping are committed without fsync: the \
-    durable log replays them after a crash";
+    fdatasync'd in the write-ahead log, the author's in-flight batch in its journal and every \
+    vote by an fsync'd redb commit, before a record is acknowledged; concurrent appends share \
+    one sync (group commit). Applied blocks and outbox bookkeeping are committed without \
+    fsync: the durable log replays them after a crash";
 /// Durability in force for every etcd figure.
 pub const ETCD_DURABILITY: &str = "etcd defaults: the WAL is fsynced before a put is acknowledged";
 
