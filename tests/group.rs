@@ -649,3 +649,60 @@ fn a_name_taken_by_another_key_is_exit_1_saying_so() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A member that restarts must not depose a healthy leader. It comes back holding its vote
+/// for that leader; if it then heard nothing within the lease and its election timeout, it
+/// would stand, and its vote request of a higher term makes the leader step down (openraft
+/// 0.9 has no pre-vote): an election at every restart. So the leader must reach it in time:
+/// it tries an unreachable member again after a heartbeat (openraft's default is 500 ms),
+/// and a handshake slower than one heartbeat is finished rather than started over.
+#[test]
+fn a_restarted_member_does_not_depose_the_leader() {
+    let mut c = Cluster::with_peers(3);
+    let s = c.wait_status("a leader of three", |s| {
+        leader_of(s).is_some()
+            && s["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["reachable"] == true))
+    });
+    let leader = leader_of(&s).unwrap();
+    let term = s["term"].as_u64().unwrap();
+    let names = ["p1", "p2", "p3"];
+    let restarted = *names.iter().find(|n| **n != leader).unwrap();
+    let witness = *names
+        .iter()
+        .find(|n| **n != leader && **n != restarted)
+        .unwrap();
+    for round in 1..=3usize {
+        c.peer(&leader)
+            .proc
+            .send_line(&format!("before restart {round}"));
+        wait_records(&mut c, &[witness], round);
+        let addr = c.kill9(restarted);
+        // Long enough for the leader to find it unreachable and back off.
+        std::thread::sleep(Duration::from_millis(300));
+        c.start_peer(restarted, Some(addr));
+        c.wait_in_step(3, 0);
+        // Well past the restarted member's lease and election timeout.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = c.wait_in_step(3, 0);
+    assert_eq!(leader_of(&s).as_deref(), Some(leader.as_str()), "{s:#}");
+    assert_eq!(
+        s["term"].as_u64(),
+        Some(term),
+        "a restart caused an election: {s:#}"
+    );
+    let w = c.peer(witness);
+    w.proc.drain();
+    let leaders: Vec<Value> = w
+        .proc
+        .seen_events()
+        .into_iter()
+        .filter(|e| e["event"] == "leader")
+        .collect();
+    assert!(
+        leaders.iter().all(|e| e["term"].as_u64() == Some(term)),
+        "{witness} saw another leader: {leaders:?}"
+    );
+}

@@ -14,7 +14,7 @@ use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse};
 use openraft::raft::{VoteRequest, VoteResponse};
 use tracing::{debug, info, warn};
@@ -27,6 +27,12 @@ use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 const SILENT_CALLS_BEFORE_REDIAL: u32 = 2;
 /// How long dialling a member may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// A dial still unfinished after this long is dropped and a fresh one started. A call gives
+/// up waiting on a dial after its own time limit (a heartbeat, 25 ms) but leaves it running,
+/// so a handshake slower than one heartbeat (a member that just started) completes for the
+/// next call; yet a dial begun while the member was down, whose first packet was lost, is
+/// not waited on for QUIC's retransmission of it (about a second): the member may be back.
+pub const REDIAL_AFTER_MS: u64 = 150;
 /// After a failed snapshot transfer the next one to the same member waits this long,
 /// doubling with each further failure up to [`SNAPSHOT_RETRY_MAX_MS`]. openraft would
 /// otherwise offer the snapshot again at the next heartbeat.
@@ -45,21 +51,25 @@ pub struct RaftNetworkFactoryImpl {
     client: quinn::ClientConfig,
     trust: MemberTrust,
     liveness: Liveness,
+    retry: Duration,
 }
 
 impl RaftNetworkFactoryImpl {
     /// Every answered `Append` is noted in `liveness` (the leader's dead-voter check reads it).
+    /// An unreachable member is tried again after `retry` (see [`RaftConn::backoff`]).
     pub fn new(
         endpoint: quinn::Endpoint,
         client: quinn::ClientConfig,
         trust: MemberTrust,
         liveness: Liveness,
+        retry: Duration,
     ) -> Self {
         Self {
             endpoint,
             client,
             trust,
             liveness,
+            retry,
         }
     }
 }
@@ -75,7 +85,9 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             client: self.client.clone(),
             trust: self.trust.clone(),
             liveness: self.liveness.clone(),
+            retry: self.retry,
             conn: None,
+            dialing: None,
             silent_calls: 0,
             snapshot_failures: 0,
             snapshot_failed_at: None,
@@ -90,7 +102,13 @@ pub struct RaftConn {
     client: quinn::ClientConfig,
     trust: MemberTrust,
     liveness: Liveness,
+    retry: Duration,
     conn: Option<quinn::Connection>,
+    /// A dial under way, and when it began (see [`REDIAL_AFTER_MS`]).
+    dialing: Option<(
+        Instant,
+        tokio::task::JoinHandle<Result<quinn::Connection, String>>,
+    )>,
     /// Calls on `conn` in a row that got no reply in time.
     silent_calls: u32,
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
@@ -126,28 +144,31 @@ impl RaftConn {
                 return Ok(c.clone());
             }
         }
-        let addr: SocketAddr = self.node.addr.parse().map_err(|e| {
-            CallError::Unreachable(format!("bad address {:?}: {e}", self.node.addr))
-        })?;
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), addr, quic::SERVER_NAME)
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
-            .await
-            .map_err(|_| CallError::Unreachable(format!("{addr}: connect timed out")))?
-            .map_err(|e| CallError::Unreachable(format!("{addr}: {e}")))?;
-        let who = quic::peer_cert(&conn, &self.trust)
-            .map_err(|e| CallError::Unreachable(format!("{addr}: {e}")))?;
-        if who.fingerprint().node_id() != self.target {
-            conn.close(1u32.into(), b"not the node dialled");
-            return Err(CallError::Unreachable(format!(
-                "{addr} answered as {} (node {}), not node {}",
-                who.name(),
-                who.fingerprint().node_id(),
-                self.target
-            )));
+        if let Some((began, d)) = &self.dialing {
+            if began.elapsed() > Duration::from_millis(REDIAL_AFTER_MS) {
+                d.abort();
+                self.dialing = None;
+            }
         }
+        let (_, dial) = match &mut self.dialing {
+            Some(d) => d,
+            None => {
+                let task = tokio::spawn(dial(
+                    self.endpoint.clone(),
+                    self.client.clone(),
+                    self.node.addr.clone(),
+                    self.trust.clone(),
+                    self.target,
+                ));
+                self.dialing.insert((Instant::now(), task))
+            }
+        };
+        // Cancelled here by the caller's time limit, the dial goes on in its task.
+        let done = dial.await;
+        self.dialing = None;
+        let conn = done
+            .map_err(|e| CallError::Unreachable(format!("dial: {e}")))?
+            .map_err(CallError::Unreachable)?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -235,7 +256,54 @@ impl RaftConn {
     }
 }
 
+impl Drop for RaftConn {
+    fn drop(&mut self) {
+        if let Some((_, d)) = self.dialing.take() {
+            d.abort();
+        }
+    }
+}
+
+/// Dials the member at `addr` and checks that it is node `target`.
+async fn dial(
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    addr: String,
+    trust: MemberTrust,
+    target: NodeId,
+) -> Result<quinn::Connection, String> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let connecting = endpoint
+        .connect_with(client, addr, quic::SERVER_NAME)
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+        .await
+        .map_err(|_| format!("{addr}: connect timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let who = quic::peer_cert(&conn, &trust).map_err(|e| format!("{addr}: {e}"))?;
+    if who.fingerprint().node_id() != target {
+        conn.close(1u32.into(), b"not the node dialled");
+        return Err(format!(
+            "{addr} answered as {} (node {}), not node {target}",
+            who.name(),
+            who.fingerprint().node_id(),
+        ));
+    }
+    Ok(conn)
+}
+
 impl RaftNetwork<TypeConfig> for RaftConn {
+    /// How long openraft waits after an `Unreachable` before trying this member again: 500 ms
+    /// by default. A member that restarts stands for election when it hears no leader within
+    /// the lease and its election timeout (200-250 ms with the defaults), and its vote request,
+    /// of a higher term, deposes the leader: a needless election at every restart. So an
+    /// unreachable member is tried again within about a heartbeat.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -220,6 +220,7 @@ async fn run_once(
         raft_client,
         members.clone(),
         liveness.clone(),
+        Duration::from_millis(opts.heartbeat_ms),
     );
     let raft = Raft::new(node_id, Arc::new(config), network, log_store, state_machine)
         .await
