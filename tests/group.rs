@@ -706,3 +706,35 @@ fn a_restarted_member_does_not_depose_the_leader() {
         "{witness} saw another leader: {leaders:?}"
     );
 }
+
+/// A member that joins far behind receives a long log: the leader first finds where the
+/// newcomer's log ends with requests that carry no entries (see `RaftConn::append_entries`),
+/// then sends the entries from there. Records written one at a time are one Raft entry each,
+/// so the newcomer needs many more than one request's worth of probing and sending.
+#[test]
+fn a_member_joining_late_receives_the_whole_log() {
+    let mut c = Cluster::with_peers(2);
+    const N: u64 = 120;
+    for i in 1..=N {
+        let p = c.peer("p1");
+        p.proc.send_line(&format!("record {i}"));
+        p.proc
+            .wait_event("committed", |e| e["seq"].as_u64() == Some(i));
+    }
+    c.start_peer("p3", None);
+    c.wait_joined("p3");
+    let seen = wait_records(&mut c, &["p1", "p3"], N as usize);
+    assert_eq!(
+        seen["p1"], seen["p3"],
+        "the newcomer shows the records in the group's order"
+    );
+    let s = c.wait_in_step(3, 0);
+    assert_eq!(s["members"].as_array().map(Vec::len), Some(3), "{s:#}");
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| (*n, c.chain_of(n)))
+        .collect();
+    assert_same_chains(&chains);
+    assert_eq!(record_ids(&chains[2].1).len(), N as usize);
+}

@@ -33,6 +33,10 @@ pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// next call; yet a dial begun while the member was down, whose first packet was lost, is
 /// not waited on for QUIC's retransmission of it (about a second): the member may be back.
 pub const REDIAL_AFTER_MS: u64 = 150;
+/// A request of more entries than this to a member whose log is not known to match is sent
+/// first without them (see `RaftConn::append_entries`); a few entries are cheaper to send
+/// than a round trip.
+pub const PROBE_ABOVE_ENTRIES: usize = 16;
 /// After a failed snapshot transfer the next one to the same member waits this long,
 /// doubling with each further failure up to [`SNAPSHOT_RETRY_MAX_MS`]. openraft would
 /// otherwise offer the snapshot again at the next heartbeat.
@@ -91,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             silent_calls: 0,
             snapshot_failures: 0,
             snapshot_failed_at: None,
+            matched: false,
         }
     }
 }
@@ -114,6 +119,9 @@ pub struct RaftConn {
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
     snapshot_failures: u32,
     snapshot_failed_at: Option<Instant>,
+    /// Whether the target is known to hold this leader's log up to what it last accepted
+    /// (see `append_entries`).
+    matched: bool,
 }
 
 /// Why one snapshot transfer failed.
@@ -297,18 +305,31 @@ async fn dial(
 impl RaftNetwork<TypeConfig> for RaftConn {
     /// How long openraft waits after an `Unreachable` before trying this member again: 500 ms
     /// by default. A member that restarts stands for election when it hears no leader within
-    /// the lease and its election timeout (200-250 ms with the defaults), and its vote request,
+    /// the lease and its election timeout (160-200 ms with the defaults), and its vote request,
     /// of a higher term, deposes the leader: a needless election at every restart. So an
     /// unreachable member is tried again within about a heartbeat.
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.retry))
     }
 
+    /// Until the target is known to hold the entry before the ones to send (a new target, a
+    /// new leader, or after a conflict), a request of many entries goes without them: openraft
+    /// finds where a new member's log ends by trying one position after another, and each
+    /// try carried up to `MAX_LOG_READ_BYTES` of entries that the member refused (or took
+    /// longer than a heartbeat to refuse, so the try timed out). openraft allows sending only
+    /// a prefix of the entries and answering `PartialSuccess` with the last one sent.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        let prev = rpc.prev_log_id;
+        let carries = !rpc.entries.is_empty();
+        let probe = !self.matched && prev.is_some() && rpc.entries.len() > PROBE_ABOVE_ENTRIES;
+        if probe {
+            debug!(target = self.target, prev = ?prev, entries = rpc.entries.len(), "probing without the entries");
+            rpc.entries.clear();
+        }
         let entries = rpc.entries.len() as u64;
         match self
             .call(&RaftRequest::Append(rpc), option.hard_ttl())
@@ -322,7 +343,22 @@ impl RaftNetwork<TypeConfig> for RaftConn {
                 // Any answer of openraft's (success, conflict, higher vote) shows the member
                 // alive and taking part; refusals and errors do not.
                 self.liveness.acked(self.target);
-                Ok(r)
+                Ok(match r {
+                    AppendEntriesResponse::Success if probe => {
+                        self.matched = true;
+                        AppendEntriesResponse::PartialSuccess(prev)
+                    }
+                    AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) => {
+                        // A heartbeat (no entries, often no `prev`) shows nothing of the log.
+                        self.matched |= carries;
+                        r
+                    }
+                    AppendEntriesResponse::Conflict => {
+                        self.matched = false;
+                        r
+                    }
+                    AppendEntriesResponse::HigherVote(_) => r,
+                })
             }
             Ok(RaftReply::Append(Err(e))) => Err(RPCError::RemoteError(
                 RemoteError::new_with_node(self.target, self.node.clone(), e),
