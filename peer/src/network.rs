@@ -4,8 +4,10 @@
 //! the target's: a peer that answers at a member's address with another key is unreachable,
 //! not a voter.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conclave_shared::quic::{self, MemberTrust};
@@ -56,6 +58,45 @@ pub struct RaftNetworkFactoryImpl {
     trust: MemberTrust,
     liveness: Liveness,
     retry: Duration,
+    pool: Pool,
+}
+
+/// The connection to each member, shared by every [`RaftConn`] of this node. openraft makes
+/// a new client for each replication stream and election, and rebuilds the streams at every
+/// membership change: three times while a newcomer is admitted. A new connection each time
+/// would cost a handshake and QUIC's slow start just when the newcomer is being sent the
+/// log, and would lose the answers still on their way on the old one.
+#[derive(Clone, Default)]
+struct Pool {
+    // A std mutex: each section is one map lookup or insert, never held across an await.
+    conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+}
+
+impl Pool {
+    /// The open connection to `node` at `addr`, if there is one.
+    fn get(&self, node: NodeId, addr: &str) -> Option<quinn::Connection> {
+        let conns = self.conns.lock().ok()?;
+        let c = conns.get(&node)?;
+        let same_place = addr.parse::<SocketAddr>().ok() == Some(c.remote_address());
+        (c.close_reason().is_none() && same_place).then(|| c.clone())
+    }
+
+    fn put(&self, node: NodeId, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.conns.lock() {
+            m.insert(node, conn.clone());
+        }
+    }
+
+    /// Forgets `conn` (not a newer connection to the same node).
+    fn forget(&self, node: NodeId, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.conns.lock() {
+            if m.get(&node)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                m.remove(&node);
+            }
+        }
+    }
 }
 
 impl RaftNetworkFactoryImpl {
@@ -74,6 +115,7 @@ impl RaftNetworkFactoryImpl {
             trust,
             liveness,
             retry,
+            pool: Pool::default(),
         }
     }
 }
@@ -90,6 +132,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             trust: self.trust.clone(),
             liveness: self.liveness.clone(),
             retry: self.retry,
+            pool: self.pool.clone(),
             conn: None,
             dialing: None,
             silent_calls: 0,
@@ -108,6 +151,7 @@ pub struct RaftConn {
     trust: MemberTrust,
     liveness: Liveness,
     retry: Duration,
+    pool: Pool,
     conn: Option<quinn::Connection>,
     /// A dial under way, and when it began (see [`REDIAL_AFTER_MS`]).
     dialing: Option<(
@@ -152,6 +196,10 @@ impl RaftConn {
                 return Ok(c.clone());
             }
         }
+        if let Some(c) = self.pool.get(self.target, &self.node.addr) {
+            self.conn = Some(c.clone());
+            return Ok(c);
+        }
         if let Some((began, d)) = &self.dialing {
             if began.elapsed() > Duration::from_millis(REDIAL_AFTER_MS) {
                 d.abort();
@@ -177,6 +225,7 @@ impl RaftConn {
         let conn = done
             .map_err(|e| CallError::Unreachable(format!("dial: {e}")))?
             .map_err(CallError::Unreachable)?;
+        self.pool.put(self.target, &conn);
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -215,7 +264,8 @@ impl RaftConn {
                 Ok(reply)
             }
             Ok(Err(e)) => {
-                // A broken connection is dialled afresh next time.
+                // A broken connection is dialled afresh next time (the pool keeps only an
+                // open one).
                 self.conn = None;
                 self.silent_calls = 0;
                 Err(e)
@@ -234,6 +284,7 @@ impl RaftConn {
                             "no reply twice in a row; dialling afresh"
                         );
                         c.close(0u32.into(), b"no reply");
+                        self.pool.forget(self.target, &c);
                     }
                     self.silent_calls = 0;
                 }
