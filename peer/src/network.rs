@@ -66,10 +66,15 @@ pub struct RaftNetworkFactoryImpl {
 /// membership change: three times while a newcomer is admitted. A new connection each time
 /// would cost a handshake and QUIC's slow start just when the newcomer is being sent the
 /// log, and would lose the answers still on their way on the old one.
+///
+/// It also remembers, per member, the leader vote under which the member's log was last
+/// found to match this node's (see `RaftConn::append_entries`): still true for the next
+/// stream of the same term.
 #[derive(Clone, Default)]
 struct Pool {
     // A std mutex: each section is one map lookup or insert, never held across an await.
     conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+    matched: Arc<Mutex<HashMap<NodeId, Vote>>>,
 }
 
 impl Pool {
@@ -84,6 +89,21 @@ impl Pool {
     fn put(&self, node: NodeId, conn: &quinn::Connection) {
         if let Ok(mut m) = self.conns.lock() {
             m.insert(node, conn.clone());
+        }
+    }
+
+    fn matched(&self, node: NodeId, vote: &Vote) -> bool {
+        self.matched
+            .lock()
+            .is_ok_and(|m| m.get(&node).is_some_and(|v| v == vote))
+    }
+
+    fn set_matched(&self, node: NodeId, vote: Option<Vote>) {
+        if let Ok(mut m) = self.matched.lock() {
+            match vote {
+                Some(v) => m.insert(node, v),
+                None => m.remove(&node),
+            };
         }
     }
 
@@ -138,7 +158,6 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             silent_calls: 0,
             snapshot_failures: 0,
             snapshot_failed_at: None,
-            matched: false,
         }
     }
 }
@@ -163,9 +182,6 @@ pub struct RaftConn {
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
     snapshot_failures: u32,
     snapshot_failed_at: Option<Instant>,
-    /// Whether the target is known to hold this leader's log up to what it last accepted
-    /// (see `append_entries`).
-    matched: bool,
 }
 
 /// Why one snapshot transfer failed.
@@ -376,7 +392,10 @@ impl RaftNetwork<TypeConfig> for RaftConn {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
         let prev = rpc.prev_log_id;
         let carries = !rpc.entries.is_empty();
-        let probe = !self.matched && prev.is_some() && rpc.entries.len() > PROBE_ABOVE_ENTRIES;
+        let vote = rpc.vote;
+        let probe = prev.is_some()
+            && rpc.entries.len() > PROBE_ABOVE_ENTRIES
+            && !self.pool.matched(self.target, &vote);
         if probe {
             debug!(target = self.target, prev = ?prev, entries = rpc.entries.len(), "probing without the entries");
             rpc.entries.clear();
@@ -396,16 +415,18 @@ impl RaftNetwork<TypeConfig> for RaftConn {
                 self.liveness.acked(self.target);
                 Ok(match r {
                     AppendEntriesResponse::Success if probe => {
-                        self.matched = true;
+                        self.pool.set_matched(self.target, Some(vote));
                         AppendEntriesResponse::PartialSuccess(prev)
                     }
                     AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) => {
                         // A heartbeat (no entries, often no `prev`) shows nothing of the log.
-                        self.matched |= carries;
+                        if carries {
+                            self.pool.set_matched(self.target, Some(vote));
+                        }
                         r
                     }
                     AppendEntriesResponse::Conflict => {
-                        self.matched = false;
+                        self.pool.set_matched(self.target, None);
                         r
                     }
                     AppendEntriesResponse::HigherVote(_) => r,
