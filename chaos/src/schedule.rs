@@ -109,7 +109,7 @@ pub struct Schedule {
 /// The quiet gap before each episode, in milliseconds.
 const GAP_MS: (u64, u64) = (300, 1_500);
 /// How long a fault holds, in milliseconds: long enough for elections (the default election
-/// timeout is 60–100 ms) and short enough for several episodes per run.
+/// timeout is 75–125 ms) and short enough for several episodes per run.
 const HOLD_MS: (u64, u64) = (500, 3_000);
 
 impl Schedule {

@@ -372,7 +372,7 @@ async fn dial(
 impl RaftNetwork<TypeConfig> for RaftConn {
     /// How long openraft waits after an `Unreachable` before trying this member again: 500 ms
     /// by default. A member that restarts stands for election when it hears no leader within
-    /// the lease and its election timeout (160-200 ms with the defaults), and its vote request,
+    /// the lease and its election timeout (200-250 ms with the defaults), and its vote request,
     /// of a higher term, deposes the leader: a needless election at every restart. So an
     /// unreachable member is tried again within about a heartbeat.
     fn backoff(&self) -> Backoff {

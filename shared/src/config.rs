@@ -211,8 +211,8 @@ impl Default for Config {
             identity: IdentityConfig { key_bits: 2048 },
             raft: RaftConfig {
                 heartbeat_ms: 25,
-                election_timeout_min_ms: 60,
-                election_timeout_max_ms: 100,
+                election_timeout_min_ms: 75,
+                election_timeout_max_ms: 125,
                 snapshot_every_entries: 10_000,
                 keep_log_entries: DEFAULT_KEEP_LOG_ENTRIES,
                 dead_voter_after: default_dead_voter_after(),
