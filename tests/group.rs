@@ -59,15 +59,20 @@ fn leader_of(status: &Value) -> Option<String> {
     status["leader"].as_str().map(str::to_owned)
 }
 
-#[test]
-fn a_group_forms_and_records_reach_every_peer_in_one_order() {
-    let mut c = Cluster::with_peers(3);
-    let status = c.wait_status("three reachable members with a leader", |s| {
+/// Waits until the status shows three reachable members and a leader.
+fn wait_three_with_a_leader(c: &Cluster) -> Value {
+    c.wait_status("three reachable members with a leader", |s| {
         leader_of(s).is_some()
             && s["members"]
                 .as_array()
                 .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["reachable"] == true))
-    });
+    })
+}
+
+#[test]
+fn a_group_forms_and_records_reach_every_peer_in_one_order() {
+    let mut c = Cluster::with_peers(3);
+    let status = wait_three_with_a_leader(&c);
     assert_eq!(
         leader_of(&status).as_deref(),
         Some("p1"),
@@ -659,12 +664,7 @@ fn a_name_taken_by_another_key_is_exit_1_saying_so() {
 #[test]
 fn a_restarted_member_does_not_depose_the_leader() {
     let mut c = Cluster::with_peers(3);
-    let s = c.wait_status("a leader of three", |s| {
-        leader_of(s).is_some()
-            && s["members"]
-                .as_array()
-                .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["reachable"] == true))
-    });
+    let s = wait_three_with_a_leader(&c);
     let leader = leader_of(&s).unwrap();
     let term = s["term"].as_u64().unwrap();
     let names = ["p1", "p2", "p3"];

@@ -73,22 +73,65 @@ pub struct RaftNetworkFactoryImpl {
 #[derive(Clone, Default)]
 struct Pool {
     // A std mutex: each section is one map lookup or insert, never held across an await.
-    conns: Arc<Mutex<HashMap<NodeId, quinn::Connection>>>,
+    conns: Arc<Mutex<HashMap<NodeId, Pooled>>>,
     matched: Arc<Mutex<HashMap<NodeId, Vote>>>,
+}
+
+struct Pooled {
+    conn: quinn::Connection,
+    /// Calls on it in a row, from any client, that got no reply in time.
+    silent: u32,
 }
 
 impl Pool {
     /// The open connection to `node` at `addr`, if there is one.
     fn get(&self, node: NodeId, addr: &str) -> Option<quinn::Connection> {
         let conns = self.conns.lock().ok()?;
-        let c = conns.get(&node)?;
+        let c = &conns.get(&node)?.conn;
         let same_place = addr.parse::<SocketAddr>().ok() == Some(c.remote_address());
         (c.close_reason().is_none() && same_place).then(|| c.clone())
     }
 
     fn put(&self, node: NodeId, conn: &quinn::Connection) {
         if let Ok(mut m) = self.conns.lock() {
-            m.insert(node, conn.clone());
+            m.insert(
+                node,
+                Pooled {
+                    conn: conn.clone(),
+                    silent: 0,
+                },
+            );
+        }
+    }
+
+    /// A call on `conn` was answered.
+    fn answered(&self, node: NodeId, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.conns.lock() {
+            if let Some(p) = m.get_mut(&node) {
+                if p.conn.stable_id() == conn.stable_id() {
+                    p.silent = 0;
+                }
+            }
+        }
+    }
+
+    /// A call on `conn` got no reply in time: whether that makes `limit` in a row, in which
+    /// case it is forgotten (the caller closes it).
+    fn silent(&self, node: NodeId, conn: &quinn::Connection, limit: u32) -> bool {
+        let Ok(mut m) = self.conns.lock() else {
+            return true;
+        };
+        match m.get_mut(&node) {
+            Some(p) if p.conn.stable_id() == conn.stable_id() => {
+                p.silent += 1;
+                if p.silent >= limit {
+                    m.remove(&node);
+                    return true;
+                }
+                false
+            }
+            // Not the pooled connection (already replaced): leave it to time out.
+            _ => false,
         }
     }
 
@@ -104,17 +147,6 @@ impl Pool {
                 Some(v) => m.insert(node, v),
                 None => m.remove(&node),
             };
-        }
-    }
-
-    /// Forgets `conn` (not a newer connection to the same node).
-    fn forget(&self, node: NodeId, conn: &quinn::Connection) {
-        if let Ok(mut m) = self.conns.lock() {
-            if m.get(&node)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                m.remove(&node);
-            }
         }
     }
 }
@@ -155,7 +187,6 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkFactoryImpl {
             pool: self.pool.clone(),
             conn: None,
             dialing: None,
-            silent_calls: 0,
             snapshot_failures: 0,
             snapshot_failed_at: None,
         }
@@ -177,8 +208,6 @@ pub struct RaftConn {
         Instant,
         tokio::task::JoinHandle<Result<quinn::Connection, String>>,
     )>,
-    /// Calls on `conn` in a row that got no reply in time.
-    silent_calls: u32,
     /// Snapshot transfers to this target that failed in a row, and when the last one did.
     snapshot_failures: u32,
     snapshot_failed_at: Option<Instant>,
@@ -246,7 +275,14 @@ impl RaftConn {
         Ok(conn)
     }
 
-    async fn call(&mut self, req: &RaftRequest, ttl: Duration) -> Result<RaftReply, CallError> {
+    /// `silent_limit`: calls in a row without a reply after which the connection is dialled
+    /// afresh.
+    async fn call(
+        &mut self,
+        req: &RaftRequest,
+        ttl: Duration,
+        silent_limit: u32,
+    ) -> Result<RaftReply, CallError> {
         let encoded = encode_message(req).map_err(|e| CallError::Network(e.to_string()))?;
         if encoded.len() > MAX_REQUEST_BYTES {
             return Err(CallError::TooLarge);
@@ -276,14 +312,13 @@ impl RaftConn {
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(reply)) => {
-                self.silent_calls = 0;
+                self.pool.answered(self.target, &conn);
                 Ok(reply)
             }
             Ok(Err(e)) => {
                 // A broken connection is dialled afresh next time (the pool keeps only an
                 // open one).
                 self.conn = None;
-                self.silent_calls = 0;
                 Err(e)
             }
             Err(_) => {
@@ -291,18 +326,17 @@ impl RaftConn {
                 // looking alive: the new process cannot reset it (it lacks the old one's
                 // reset key), so nothing would end it before QUIC's idle timeout (10 s of a
                 // restarted member left behind). Two calls in a row without a reply, and it
-                // is dialled afresh; one late reply under load is not enough.
-                self.silent_calls += 1;
-                if self.silent_calls >= SILENT_CALLS_BEFORE_REDIAL {
-                    if let Some(c) = self.conn.take() {
-                        debug!(
-                            target = self.target,
-                            "no reply twice in a row; dialling afresh"
-                        );
-                        c.close(0u32.into(), b"no reply");
-                        self.pool.forget(self.target, &c);
-                    }
-                    self.silent_calls = 0;
+                // is dialled afresh; one late reply under load is not enough. The count is
+                // the pool's: openraft makes a new client for each election, and a count of
+                // the client's own never reached two on a vote (seen: a candidate whose vote
+                // requests went to a dead connection for 10 s while the others' reached it).
+                if self.pool.silent(self.target, &conn, silent_limit) {
+                    debug!(
+                        target = self.target,
+                        "no reply twice in a row; dialling afresh"
+                    );
+                    conn.close(0u32.into(), b"no reply");
+                    self.conn = None;
                 }
                 Err(CallError::Network(format!("no reply within {ttl:?}")))
             }
@@ -402,7 +436,11 @@ impl RaftNetwork<TypeConfig> for RaftConn {
         }
         let entries = rpc.entries.len() as u64;
         match self
-            .call(&RaftRequest::Append(rpc), option.hard_ttl())
+            .call(
+                &RaftRequest::Append(rpc),
+                option.hard_ttl(),
+                SILENT_CALLS_BEFORE_REDIAL,
+            )
             .await
         {
             // Openraft retries with fewer entries.
@@ -445,7 +483,12 @@ impl RaftNetwork<TypeConfig> for RaftConn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        match self.call(&RaftRequest::Vote(rpc), option.hard_ttl()).await {
+        // A live member answers a vote request within its time limit (the election
+        // timeout): one without an answer is enough to dial afresh, for the next round.
+        match self
+            .call(&RaftRequest::Vote(rpc), option.hard_ttl(), 1)
+            .await
+        {
             Ok(RaftReply::Vote(Ok(r))) => Ok(r),
             Ok(RaftReply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
