@@ -738,3 +738,79 @@ fn a_member_joining_late_receives_the_whole_log() {
     assert_same_chains(&chains);
     assert_eq!(record_ids(&chains[2].1).len(), N as usize);
 }
+
+/// A raft config with these election timings, from the shipped `config.yml`.
+fn timings(min_ms: u64, max_ms: u64) -> String {
+    let shipped = include_str!("../config.yml");
+    let text = shipped
+        .replace(
+            "election_timeout_min_ms: 75",
+            &format!("election_timeout_min_ms: {min_ms}"),
+        )
+        .replace(
+            "election_timeout_max_ms: 125",
+            &format!("election_timeout_max_ms: {max_ms}"),
+        );
+    assert_ne!(
+        text, shipped,
+        "config.yml no longer has the values this test edits"
+    );
+    text
+}
+
+/// A member keeps its connection to another across elections (one per member, shared by
+/// openraft's clients). If the other is killed and restarted on the same port, that
+/// connection looks alive (the new process cannot reset it): the vote requests sent on it
+/// must make the member dial afresh. Otherwise a candidate that stands first every round
+/// (here p1, whose timeouts are shorter than the restarted p3's) asks a dead connection
+/// round after round, p3's rarer candidacies are of lower terms, and no leader is elected
+/// until QUIC's idle timeout, tens of terms later.
+#[test]
+fn a_candidate_reaches_a_member_restarted_since_it_last_spoke_to_it() {
+    let mut c = Cluster::servers();
+    let slow = c.write_config("slow.yml", &timings(400, 800));
+    let slow = slow.to_str().unwrap().to_owned();
+    c.start_peer("p1", None);
+    c.wait_joined("p1");
+    c.start_peer("p2", None);
+    c.wait_joined("p2");
+    c.start_peer_with("p3", None, &["--config", &slow]);
+    c.wait_joined("p3");
+    let s = wait_three_with_a_leader(&c);
+    // p1 founded the group and leads it: it has dialled both others.
+    assert_eq!(leader_of(&s).as_deref(), Some("p1"), "{s:#}");
+    let term = s["term"].as_u64().unwrap();
+    // Paused past the others' timeouts, it comes back as a follower of p2 (p3 is slower),
+    // still holding its connections.
+    c.peer("p1").proc.pause();
+    c.wait_status("p2 leading", |s| {
+        leader_of(s).as_deref() == Some("p2") && s["term"].as_u64() > Some(term)
+    });
+    c.peer("p1").proc.resume();
+    c.peer("p2").proc.send_line("p1 is back");
+    wait_records(&mut c, &["p1"], 1);
+    // p3 restarts: p1's connection to it now leads to a dead process.
+    let addr = c.kill9("p3");
+    c.start_peer_with("p3", Some(addr), &["--config", &slow]);
+    c.peer("p2").proc.send_line("p3 is back");
+    wait_records(&mut c, &["p1"], 2);
+    let before = c.wait_in_step(3, 0);
+    assert_eq!(leader_of(&before).as_deref(), Some("p2"), "{before:#}");
+    let term = before["term"].as_u64().unwrap();
+    // The leader dies; p1 stands first every round and must reach p3.
+    c.kill9("p2");
+    c.peer("p1").proc.send_line("after p2 died");
+    wait_records(&mut c, &["p1"], 3);
+    let after = c.wait_status("p1 or p3 leading", |s| {
+        leader_of(s).is_some_and(|l| l == "p1" || l == "p3")
+    });
+    let elected_at = after["term"].as_u64().unwrap();
+    assert!(
+        elected_at <= term + 30,
+        "{} terms went by before a leader was elected: {after:#}",
+        elected_at - term
+    );
+    c.stop_all();
+    let chains: Vec<_> = ["p1", "p3"].iter().map(|n| (*n, c.chain_of(n))).collect();
+    assert_same_chains(&chains);
+}

@@ -217,6 +217,16 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP: the process stands still (its sockets stay open) until [`Proc::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .arg(sig)
