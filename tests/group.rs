@@ -5,7 +5,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::cluster::{assert_same_chains, record_ids, Cluster};
+use harness::cluster::{record_ids, Cluster};
 use harness::DEADLINE;
 use serde_json::Value;
 
@@ -108,12 +108,7 @@ fn a_group_forms_and_records_reach_every_peer_in_one_order() {
         })
     });
     // Stopped, every stored chain verifies with the root key alone and all are the same.
-    c.stop_all();
-    let chains: Vec<_> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|n| (*n, c.chain_of(n)))
-        .collect();
-    assert_same_chains(&chains);
+    let chains = c.stop_and_compare_chains(&["p1", "p2", "p3"]);
     assert_eq!(record_ids(&chains[0].1).len(), 15);
 }
 
@@ -207,12 +202,7 @@ fn the_leader_fails_over_appends_go_on_and_a_later_peer_joins_the_new_leader() {
                 .all(|x| x["reachable"] == true && x["hash"] == m[0]["hash"])
     });
     assert_eq!(leader_of(&s), Some(new_leader));
-    c.stop_all();
-    let chains: Vec<_> = ["p1", "p2", "p3", "p4"]
-        .iter()
-        .map(|n| (*n, c.chain_of(n)))
-        .collect();
-    assert_same_chains(&chains);
+    let chains = c.stop_and_compare_chains(&["p1", "p2", "p3", "p4"]);
     assert_eq!(record_ids(&chains[0].1).len(), 3);
 }
 
@@ -323,13 +313,7 @@ fn every_record_is_in_every_chain_exactly_once_through_leader_and_author_crashes
     c.wait_status("three equal heads past every commit", |s| {
         heads_at_least(s, h, 3)
     });
-    c.stop_all();
-
-    let chains: Vec<_> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|n| (*n, c.chain_of(n)))
-        .collect();
-    assert_same_chains(&chains);
+    let chains = c.stop_and_compare_chains(&["p1", "p2", "p3"]);
     let ids = record_ids(&chains[0].1);
     let mut unique = ids.clone();
     unique.sort();
@@ -560,12 +544,7 @@ fn acknowledged_records_survive_kill_9_of_every_peer() {
     c.wait_status("three equal heads after the restart", |s| {
         leader_of(s).is_some() && heads_at_least(s, h, 3)
     });
-    c.stop_all();
-    let chains: Vec<_> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|n| (*n, c.chain_of(n)))
-        .collect();
-    assert_same_chains(&chains);
+    let chains = c.stop_and_compare_chains(&["p1", "p2", "p3"]);
     let ids = record_ids(&chains[0].1);
     let p2: Vec<u64> = ids
         .iter()
@@ -730,12 +709,7 @@ fn a_member_joining_late_receives_the_whole_log() {
     );
     let s = c.wait_in_step(3, 0);
     assert_eq!(s["members"].as_array().map(Vec::len), Some(3), "{s:#}");
-    c.stop_all();
-    let chains: Vec<_> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|n| (*n, c.chain_of(n)))
-        .collect();
-    assert_same_chains(&chains);
+    let chains = c.stop_and_compare_chains(&["p1", "p2", "p3"]);
     assert_eq!(record_ids(&chains[2].1).len(), N as usize);
 }
 
@@ -810,7 +784,5 @@ fn a_candidate_reaches_a_member_restarted_since_it_last_spoke_to_it() {
         "{} terms went by before a leader was elected: {after:#}",
         elected_at - term
     );
-    c.stop_all();
-    let chains: Vec<_> = ["p1", "p3"].iter().map(|n| (*n, c.chain_of(n))).collect();
-    assert_same_chains(&chains);
+    c.stop_and_compare_chains(&["p1", "p3"]);
 }

@@ -115,8 +115,10 @@ impl Pool {
         }
     }
 
-    /// A call on `conn` got no reply in time: whether that makes `limit` in a row, in which
-    /// case it is forgotten (the caller closes it).
+    /// A call on `conn` got no reply in time: whether the caller should close it, because
+    /// that makes `limit` in a row (it is forgotten here), or because it is not the pooled
+    /// connection (two clients dialled at once and the other's was kept): a duplicate that
+    /// has stopped answering is not worth a second chance.
     fn silent(&self, node: NodeId, conn: &quinn::Connection, limit: u32) -> bool {
         let Ok(mut m) = self.conns.lock() else {
             return true;
@@ -130,8 +132,7 @@ impl Pool {
                 }
                 false
             }
-            // Not the pooled connection (already replaced): leave it to time out.
-            _ => false,
+            _ => true,
         }
     }
 
@@ -333,7 +334,7 @@ impl RaftConn {
                 if self.pool.silent(self.target, &conn, silent_limit) {
                     debug!(
                         target = self.target,
-                        "no reply twice in a row; dialling afresh"
+                        silent_limit, "calls in a row without a reply; dialling afresh"
                     );
                     conn.close(0u32.into(), b"no reply");
                     self.conn = None;

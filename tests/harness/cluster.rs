@@ -274,6 +274,18 @@ impl Cluster {
         }
     }
 
+    /// Stops every process, reads the chains of `names` from their stores and asserts they
+    /// are one chain (see [`assert_same_chains`]); returns them, in the order named.
+    pub fn stop_and_compare_chains<'a>(
+        &mut self,
+        names: &[&'a str],
+    ) -> Vec<(&'a str, Vec<conclave_shared::chain::StoredBlock>)> {
+        self.stop_all();
+        let chains: Vec<_> = names.iter().map(|n| (*n, self.chain_of(n))).collect();
+        assert_same_chains(&chains);
+        chains
+    }
+
     /// Reads a stopped peer's stored chain, verifying it with the root key as it opens, and
     /// checks it with `verify_chain` once more. Returns the blocks.
     pub fn chain_of(&self, name: &str) -> Vec<conclave_shared::chain::StoredBlock> {
